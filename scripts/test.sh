@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's test command: make a virtualenv, install vatt with its test and TensorFlow extras, run the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip
+# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+pip install -q torch==2.13.0
+pip install -q -e ".[tf,dev]"
+python -m pytest -q "$@"
