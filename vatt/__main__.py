@@ -1,0 +1,5 @@
+import sys
+
+from vatt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""The `vatt` command line: a thin layer over functions a user can call from Python.
+
+Each sub-command lives in `vatt/commands/<name>.py` and exposes `add_arguments(parser)` and
+`run(args) -> int`. This module only wires them together.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command name -> (module, one-line help). Modules are imported only when their command runs,
+# so `vatt --help` stays fast and a missing optional dependency only affects its own command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("vatt.commands.demo", "pre-train the tiny model on built-in sample data and compare with random init"),
+    "convert-tf": ("vatt.commands.convert_tf", "convert an official TensorFlow checkpoint to safetensors"),
+    "convert-vocab": ("vatt.commands.convert_vocab", "convert the official vocabulary / word2vec files to safetensors"),
+    "sample-data": ("vatt.commands.sample_data", "write a deterministic sample dataset of real encoded media"),
+    "shard": ("vatt.commands.shard", "pack a manifest into WebDataset tar shards"),
+    "pretrain": ("vatt.commands.pretrain", "self-supervised pre-training from a YAML config"),
+    "finetune": ("vatt.commands.finetune", "fine-tune a video, audio or image classifier"),
+    "embed": ("vatt.commands.embed", "write embeddings of video, audio or text files"),
+    "eval": ("vatt.commands.evaluate", "evaluation protocols: retrieval, linear-probe"),
+    "visualize": ("vatt.commands.visualize", "t-SNE / PCA pictures of features and similarity heat maps"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vatt", description="VATT: Video-Audio-Text Transformer in PyTorch")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in _available().items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return int(args._module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
