@@ -9,8 +9,8 @@ import argparse
 import importlib
 import sys
 
-# command name -> (module, one-line help). Modules are imported only when their command runs,
-# so `vatt --help` stays fast and a missing optional dependency only affects its own command.
+# command name -> (module, one-line help). Command modules keep heavy imports (torch, av, tensorflow)
+# inside run(), so building the parser stays fast and an optional dependency only affects its own command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vatt.commands.demo", "pre-train the tiny model on built-in sample data and compare with random init"),
     "convert-tf": ("vatt.commands.convert_tf", "convert an official TensorFlow checkpoint to safetensors"),
