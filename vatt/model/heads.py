@@ -1,0 +1,62 @@
+"""The FAC head (fine-and-coarse common spaces, `heads/bridge.py:FACHead`) and the fine-tuning classifier head.
+
+    video -> va:  vid_to_hid Dense(512, no bias) -> [BN -> ReLU -> Dense(512, no bias) -> BN]
+    va -> vt:     [ReLU -> Dense(256, no bias) -> BN] applied to the video va embedding (coarse from fine)
+    audio -> va:  Dense(512) with bias, linear
+    text -> vt:   Dense(256) with bias, linear
+BatchNorm momentum 0.9 in Keras terms (torch momentum 0.1), eps 1e-5, with scale and centre; in training
+it normalises with batch statistics (SyncBatchNorm under DDP, as the official cross-replica BN), in eval
+with the moving statistics.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vatt.configs import FACHeadConfig
+
+
+class FACHead(nn.Module):
+    def __init__(self, cfg: FACHeadConfig, d_video: int, d_audio: int, d_text: int):
+        super().__init__()
+        bn = dict(eps=cfg.bn_eps, momentum=cfg.bn_momentum)
+        self.video_to_hidden = nn.Linear(d_video, cfg.d_va, bias=False)
+        self.hidden_to_va_pre_bn = nn.BatchNorm1d(cfg.d_va, **bn)
+        self.hidden_to_va = nn.Linear(cfg.d_va, cfg.d_va, bias=False)
+        self.hidden_to_va_bn = nn.BatchNorm1d(cfg.d_va, **bn)
+        self.va_to_vt = nn.Linear(cfg.d_va, cfg.d_vt, bias=False)
+        self.va_to_vt_bn = nn.BatchNorm1d(cfg.d_vt, **bn)
+        self.audio_to_va = nn.Linear(d_audio, cfg.d_va)
+        self.text_to_vt = nn.Linear(d_text, cfg.d_vt)
+
+    def video(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[B, D_v]` -> (video_va `[B, d_va]`, video_vt `[B, d_vt]`)."""
+        h = self.video_to_hidden(pooled)
+        va = self.hidden_to_va_bn(self.hidden_to_va(F.relu(self.hidden_to_va_pre_bn(h))))
+        vt = self.va_to_vt_bn(self.va_to_vt(F.relu(va)))
+        return va, vt
+
+    def audio(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.audio_to_va(pooled)
+
+    def text(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.text_to_vt(pooled)
+
+
+class ClassificationHead(nn.Module):
+    """Dropout -> Dense(C) on the pooled feature (`classification/weights`)."""
+
+    def __init__(self, d_in: int, num_classes: int, dropout_rate: float, output: str = "softmax"):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout_rate)
+        self.classification = nn.Linear(d_in, num_classes)
+        self.output = output
+        if output == "sigmoid" and num_classes > 1:
+            # Multi-label (AudioSet): the official bias init -log(C - 1), i.e. a prior of 1/C per class.
+            nn.init.constant_(self.classification.bias, -float(torch.log(torch.tensor(num_classes - 1.0))))
+
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.classification(self.dropout(pooled))
+        probs = torch.sigmoid(logits) if self.output == "sigmoid" else torch.softmax(logits, dim=-1)
+        return logits, probs
