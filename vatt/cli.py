@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command name -> (module, one-line help). Command modules keep heavy imports (torch, av, tensorflow)
@@ -46,7 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return int(args._module.run(args) or 0)
+    try:
+        return int(args._module.run(args) or 0)
+    except (ValueError, KeyError, TypeError, FileNotFoundError, ImportError) as e:
+        # Bad input or configuration: one clear line, no traceback (VATT_DEBUG=1 shows it).
+        if os.environ.get("VATT_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"vatt {args.command}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ projections, as the official `restore.py` does). Reading needs TensorFlow: `pip 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -272,6 +273,9 @@ def convert_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> tuple[dic
 
 def read_tf_checkpoint(prefix: str) -> dict[str, np.ndarray]:
     """The model entries of a TF checkpoint (optimizer slots and bookkeeping skipped), suffix removed."""
+    # TF's start-up chatter is not ours to print; oneDNN only matters for TF's own maths, not for reading.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         import tensorflow as tf
     except ImportError as e:  # pragma: no cover - depends on the environment

@@ -1,0 +1,61 @@
+"""Convert an official VATT TensorFlow checkpoint to a vatt model folder (model.safetensors + config.json).
+
+    vatt convert-tf <checkpoint-prefix> --preset tx_fac_bbs --out converted/bbs
+    vatt convert-tf <checkpoint-prefix> --official-config config.json --out converted/mine
+
+The checkpoint prefix is the path without `.index` / `.data-*` (e.g. `.../ckpt-500000`). Needs TensorFlow
+(`pip install "vatt[tf]"`) for reading only.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="TF checkpoint prefix, e.g. path/to/ckpt-500000")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="model preset the checkpoint belongs to (see `vatt.configs.PRESETS`), "
+                                      "e.g. tx_fac_bbs, tx_fac_mbs, tx_fac_lbs, ut_fac_medium, vit_base_classifier")
+    src.add_argument("--official-config", help="a JSON of the official resolved config (as in the parity folders)")
+    p.add_argument("--num-classes", type=int, help="classifier presets: number of classes of the checkpoint")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="write the model even if some parameters have no source (e.g. a new classifier head "
+                        "when converting a pre-training checkpoint into a classifier)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from vatt import configs
+    from vatt.checkpoint.convert_tf import convert_tf_checkpoint
+    from vatt.checkpoint.io import load_state, save
+    from vatt.checkpoint.official_config import from_official_config
+    from vatt.model.factory import build_model
+
+    if args.preset:
+        cfg = configs.get_preset(args.preset)
+    else:
+        with open(args.official_config) as f:
+            cfg = from_official_config(json.load(f))
+    if args.num_classes is not None:
+        if not isinstance(cfg, configs.ClassifierConfig):
+            raise SystemExit("--num-classes only applies to classifier presets")
+        cfg.num_classes = args.num_classes
+    model = build_model(cfg)
+    state, report = convert_tf_checkpoint(args.checkpoint, model)
+    for r in report.resized:
+        print(f"resized positional table {r}")
+    if report.unexpected:
+        print(f"{len(report.unexpected)} checkpoint entries not used: {', '.join(report.unexpected[:10])}"
+              + (" ..." if len(report.unexpected) > 10 else ""))
+    if report.missing:
+        print(f"{len(report.missing)} model parameters have no source in the checkpoint: "
+              f"{', '.join(report.missing[:10])}" + (" ..." if len(report.missing) > 10 else ""))
+        if not args.allow_missing:
+            print("refusing to write an incomplete model; check --preset, or pass --allow-missing")
+            return 1
+    load_state(model, state)
+    out = save(model, args.out, cfg)
+    print(f"wrote {out}/model.safetensors and {out}/config.json ({len(state)} tensors)")
+    return 0

@@ -1,0 +1,34 @@
+"""Convert the official word2vec pickle to safetensors, once, and check it against a vocabulary file.
+
+    vatt convert-vocab misc/word2vec.pkl --allow-pickle --out misc/word2vec.safetensors [--vocab misc/howto100m_en.txt]
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("word2vec", help="the official word2vec.pkl (a pickled dict with 'word_embeddings')")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="required: confirms you trust the pickle (loaded with an array-only unpickler)")
+    p.add_argument("--vocab", help="vocabulary file (one word per line) to check the table's size against")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vatt.checkpoint.word2vec import convert_word2vec_pickle
+
+    try:
+        table = convert_word2vec_pickle(args.word2vec, args.out, allow_pickle=args.allow_pickle)
+    except PermissionError as e:
+        print(f"vatt convert-vocab: {e}")
+        return 2
+    print(f"wrote {args.out}: word_embeddings {tuple(table.shape)}")
+    if args.vocab:
+        with open(args.vocab, encoding="utf-8") as f:
+            words = sum(1 for line in f if line.strip())
+        if words > table.shape[0]:
+            print(f"warning: vocabulary has {words} words but the table only {table.shape[0]} rows")
+            return 1
+        print(f"vocabulary {args.vocab}: {words} words, fits the table")
+    return 0
