@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -345,7 +346,7 @@ def dataclass_from_dict(cls: type, d: dict[str, Any], path: str = "") -> Any:
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = get_origin(tp)
-    if origin is Union or (origin is not None and str(origin) == "types.UnionType"):
+    if origin is Union or origin is types.UnionType:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None

@@ -10,6 +10,8 @@ with the moving statistics.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,7 +56,7 @@ class ClassificationHead(nn.Module):
         self.output = output
         if output == "sigmoid" and num_classes > 1:
             # Multi-label (AudioSet): the official bias init -log(C - 1), i.e. a prior of 1/C per class.
-            nn.init.constant_(self.classification.bias, -float(torch.log(torch.tensor(num_classes - 1.0))))
+            nn.init.constant_(self.classification.bias, -math.log(num_classes - 1))
 
     def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.classification(self.dropout(pooled))

@@ -1,0 +1,226 @@
+"""Model structure: presets, parameter counts, DropToken, modality subsets, shape checks, positional resizing."""
+import dataclasses
+
+import pytest
+import torch
+
+import vatt
+from vatt import configs
+from vatt.configs import DropTokenConfig
+from vatt.model import build_model
+from vatt.model.droptoken import DropToken
+from vatt.model.positional import resize_table
+
+
+def trainable(module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", sorted(configs.PRESETS))
+def test_every_preset_builds(name):
+    cfg = configs.get_preset(name)
+    with torch.device("meta"):
+        if isinstance(cfg, (configs.VideoConfig, configs.AudioConfig, configs.TextConfig)):
+            from vatt.model.backbones import audio_transformer, text_model, video_transformer
+            builder = {configs.VideoConfig: video_transformer, configs.AudioConfig: audio_transformer,
+                       configs.TextConfig: text_model}[type(cfg)]
+            model = builder(cfg)
+        else:
+            model = build_model(cfg)
+    assert trainable(model) > 0
+    # and the config survives the JSON round trip of a model folder
+    if not isinstance(cfg, (configs.VideoConfig, configs.AudioConfig, configs.TextConfig)):
+        assert configs.config_from_dict(configs.to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("preset,part,expected_millions", [
+    ("tx_fac_bbs", "video_backbone", 87.4), ("tx_fac_mbs", "video_backbone", 154.3),
+    ("tx_fac_lbs", "video_backbone", 305.5), ("tx_fac_bbs", "audio_backbone", 86.1),
+    ("tx_fac_bbs", "text_backbone", 19.0),
+])
+def test_official_parameter_counts(preset, part, expected_millions):
+    with torch.device("meta"):
+        model = build_model(preset)
+    assert trainable(getattr(model, part)) / 1e6 == pytest.approx(expected_millions, abs=0.05)
+
+
+def test_t5_word_table_is_frozen_and_counted_apart():
+    with torch.device("meta"):
+        model = build_model("tx_fac_bbs")
+    table = model.text_backbone.embedding.weight
+    assert not table.requires_grad and tuple(table.shape) == (65536, 300)  # 19.7M frozen
+
+
+def test_unknown_preset_suggests_names():
+    with pytest.raises(KeyError, match="tx_fac_bbs"):
+        configs.get_preset("tx_fac_bsb")
+
+
+# --- DropToken ------------------------------------------------------------------------------------------
+def test_droptoken_official_semantics():
+    drop = DropToken(DropTokenConfig(), max_tokens=1568).train()
+    assert drop.num_kept == 784  # int(0.5 * 8*14*14), from the bucket maxima
+    x = torch.arange(1568.0)[None, :, None].repeat(3, 1, 2)  # token i holds value i in every clip
+    y = drop(x)
+    assert y.shape == (3, 784, 2)
+    assert torch.equal(y[0], y[1]) and torch.equal(y[1], y[2])  # one permutation shared by the batch
+    assert y[0, :, 0].unique().numel() == 784  # no token twice
+    # a shorter input than the maxima keeps all its tokens
+    assert drop(torch.randn(2, 100, 4)).shape == (2, 100, 4)
+    drop.eval()
+    assert torch.equal(drop(x), x)  # eval uses every token
+
+
+def test_droptoken_per_sample_and_gradients():
+    drop = DropToken(DropTokenConfig(mode="per_sample"), max_tokens=64).train()
+    x = torch.arange(64.0)[None, :, None].repeat(4, 1, 1).requires_grad_()
+    y = drop(x)
+    assert y.shape == (4, 32, 1)
+    assert len({tuple(sorted(r.tolist())) for r in y[..., 0]}) > 1  # clips keep different tokens
+    y.sum().backward()
+    assert torch.equal(x.grad.sum(1), torch.full((4, 1), 32.0))  # kept tokens get gradient 1, dropped 0
+
+
+def test_droptoken_config_is_explicit_about_keeping():
+    with pytest.raises(ValueError, match="fraction of tokens kept"):
+        DropTokenConfig(keep_rate=0.0)
+    with pytest.raises(ValueError, match="per_sample"):
+        DropTokenConfig(mode="random")
+
+
+def test_droptoken_in_model_training_only():
+    model = build_model("tx_fac_tiny")
+    video = torch.rand(2, 8, 64, 64, 3) * 2 - 1
+    model.train()
+    assert model(video=video).video.features.shape == (2, 16, 64)  # 32 tokens, half kept, off the grid
+    model.eval()
+    assert model(video=video).video.features.shape == (2, 2, 4, 4, 64)
+
+
+def test_droptoken_disabled_by_config():
+    cfg = configs.get_preset("tx_fac_tiny")
+    cfg.video.droptoken.enabled = False
+    model = build_model(cfg).train()
+    assert model(video=torch.zeros(2, 8, 64, 64, 3)).video.features.shape == (2, 2, 4, 4, 64)
+
+
+# --- modality subsets and shapes --------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["tx_fac_tiny", "ut_fac_tiny"])
+@pytest.mark.parametrize("subset", [("video",), ("audio",), ("text",), ("video", "audio"), ("video", "text"),
+                                    ("audio", "text"), ("video", "audio", "text")])
+def test_any_subset_of_modalities(preset, subset):
+    model = build_model(preset).eval()
+    inputs = {"video": torch.rand(2, 8, 64, 64, 3) * 2 - 1, "audio": torch.randn(2, 25600),
+              "text": torch.randint(1, 1024, (2, 3, 16))}
+    out = model(**{m: inputs[m] for m in subset})
+    present = {"video": ["video_va", "video_vt"], "audio": ["audio_va"], "text": ["text_vt"]}
+    for m in ("video", "audio", "text"):
+        assert (getattr(out, m) is not None) == (m in subset)
+        for key in present[m]:
+            assert (getattr(out, key) is not None) == (m in subset)
+    if "text" in subset:
+        assert out.text_vt.shape == (6, 256) and out.text.attention_mask.shape == (6, 16)
+    if "video" in subset:
+        assert out.video_va.shape == (2, 512) and out.video_vt.shape == (2, 256)
+        assert "video→vt" in out.embeddings()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"video": torch.zeros(2, 8, 64, 64)}, r"video: expected shape \[B, T>=4, H>=16, W>=16, 3\].*got \(2, 8, 64, 64\)"),
+    ({"video": torch.zeros(2, 2, 64, 64, 3)}, r"video: expected shape.*got \(2, 2, 64, 64, 3\)"),
+    ({"audio": torch.zeros(2, 100, 2)}, r"audio: expected shape \[B, N>=128\] or \[B, N, 1\].*got \(2, 100, 2\)"),
+    ({"text": torch.zeros(2, 16)}, r"text: expected shape \[B, n_words\] integer"),
+    ({"text": torch.full((2, 16), 5000)}, r"word ids must be in \[0, 1024\)"),
+    ({}, "at least one"),
+])
+def test_shape_errors_name_expected_and_actual(kwargs, match):
+    model = build_model("tx_fac_tiny").eval()
+    with pytest.raises(ValueError, match=match):
+        model(**kwargs)
+
+
+def test_other_resolutions_resample_positions():
+    model = build_model("tx_fac_tiny").eval()
+    out = model(video=torch.zeros(1, 12, 96, 32, 3))  # grid 3 x 6 x 2 against tables 2 x 4 x 4
+    assert out.video.features.shape == (1, 3, 6, 2, 64)
+    image = torch.zeros(1, 4, 64, 64, 3)  # an image tiled over 4 frames -> temporal table resampled to 1
+    assert model(video=image).video.features.shape == (1, 1, 4, 4, 64)
+
+
+def test_spline_keeps_row_zero_and_is_identity_at_same_size():
+    table = torch.randn(8, 5)
+    assert torch.equal(resize_table(table, 8), table)
+    for n in (1, 3, 16):
+        assert torch.allclose(resize_table(table, n)[0], table[0], atol=1e-5)
+    # refining by 2 reproduces the original points at the even positions (the spline interpolates)
+    assert torch.allclose(resize_table(table, 16)[::2], table, atol=1e-4)
+
+
+def test_spectrogram_audio_model():
+    cfg = configs.get_preset("tx_fac_tiny")
+    cfg.audio = dataclasses.replace(configs.spt("base"), transformer=configs.transformer("tiny", use_bias=False))
+    model = build_model(cfg).train()
+    out = model(audio=torch.randn(2, 153600))
+    assert out.audio.features.shape == (2, 9, 16, 64)  # no DropToken for SpT, even in training
+    spec = model.audio_backbone.tokenizer.spectrogram(torch.randn(2, 153600))
+    assert spec.shape == (2, 150, 80) and float(spec.min()) == 0.0 and float(spec.max()) == 1.0
+
+
+def test_text_model_variants():
+    for kind in ("bert", "linear"):
+        cfg = configs.get_preset("tx_fac_tiny")
+        cfg.text = dataclasses.replace(cfg.text, kind=kind, d_linear=48)
+        model = build_model(cfg).eval()
+        out = model(text=torch.randint(0, 1024, (3, 16)))
+        assert out.text_vt.shape == (3, 256)
+
+
+def test_classifier_outputs():
+    clf = build_model("wat_tiny_classifier").eval()
+    out = clf(torch.randn(2, 25600, 1))
+    assert out.logits.shape == (2, 10) and torch.allclose(out.probabilities.sum(-1), torch.ones(2))
+    cfg = configs.get_preset("wat_base_classifier")
+    assert cfg.output == "sigmoid" and cfg.classifier_dropout == 0.0
+    cfg = dataclasses.replace(configs.get_preset("wat_tiny_classifier"), output="sigmoid", num_classes=527)
+    clf = build_model(cfg)
+    assert torch.allclose(clf.head.classification.bias, torch.full((527,), -torch.log(torch.tensor(526.0))))
+
+
+def test_backward_reaches_every_trainable_parameter():
+    model = build_model("tx_fac_tiny").train()
+    out = model(video=torch.rand(4, 8, 64, 64, 3), audio=torch.randn(4, 25600), text=torch.randint(1, 1024, (4, 2, 16)))
+    (out.video_va.sum() + out.video_vt.sum() + out.audio_va.sum() + out.text_vt.sum()).backward()
+    dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    assert dead == []
+
+
+def test_grad_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    model = build_model("ut_fac_tiny").train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    cfg_video = torch.rand(2, 8, 64, 64, 3)
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enable)
+        torch.manual_seed(1)  # same DropToken draw
+        model(video=cfg_video).video_va.square().sum().backward()
+        grads.append(model.unified_backbone.transformer.layers[0].attention.qkv.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_bf16_autocast_runs_and_stays_close():
+    model = build_model("tx_fac_tiny").eval()
+    video = torch.rand(2, 8, 64, 64, 3)
+    ref = model(video=video).video_va
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(video=video).video_va
+    assert low.dtype == torch.bfloat16
+    assert torch.allclose(low.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_top_level_api():
+    assert vatt.build_model is build_model
+    assert isinstance(vatt.get_preset("ut_fac_medium"), configs.UnifiedConfig)
