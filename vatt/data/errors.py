@@ -1,0 +1,44 @@
+"""The one error type the media pipeline raises for a file it cannot use.
+
+Datasets catch `MediaError`, skip the sample and count skips by `reason`, so `reason` is a short,
+stable, machine-readable code; `detail` is for people. Programming errors (a negative start time, a
+bad argument) stay `ValueError`: they are bugs in the caller, not bad files.
+"""
+from __future__ import annotations
+
+import os
+
+# The reason codes in use. A dataset may count skips per code; keep these strings stable.
+REASONS = frozenset({
+    "missing_file",       # the path does not exist
+    "unreadable",         # exists but cannot be read (permissions, a directory, I/O error)
+    "empty_file",         # zero bytes
+    "corrupt",            # not a media container we can parse, truncated, or no decodable frame
+    "no_video_stream",    # video was required but the file has none (e.g. a wav named .mp4)
+    "no_audio_stream",    # audio was required but the file has none
+    "unsupported_codec",  # the stream's codec has no decoder in this FFmpeg build
+    "too_short",          # the requested clip starts after the last frame
+    "too_large",          # frame size above the caller's `max_pixels` guard
+    "bad_caption",        # caption text missing or unusable (raised by the datasets)
+})
+
+
+class MediaError(Exception):
+    """A media file that cannot be used, with the file and a reason code.
+
+    `str(err)` is "<path>: <reason>: <detail>".
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str, detail: str = ""):
+        if reason not in REASONS:
+            # A typo here would silently create a new skip category; fail loudly instead.
+            raise ValueError(f"unknown MediaError reason {reason!r}; expected one of {sorted(REASONS)}")
+        self.path = os.fspath(path)
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{self.path}: {reason}: {detail}" if detail else f"{self.path}: {reason}")
+
+    def __reduce__(self):
+        # DataLoader workers pickle exceptions to send them to the main process; the default
+        # reduce would call __init__ with the formatted message only.
+        return (type(self), (self.path, self.reason, self.detail))
