@@ -224,3 +224,19 @@ def test_bf16_autocast_runs_and_stays_close():
 def test_top_level_api():
     assert vatt.build_model is build_model
     assert isinstance(vatt.get_preset("ut_fac_medium"), configs.UnifiedConfig)
+
+
+# --- the fast CPU dropout ---------------------------------------------------------------------------------
+def test_cpu_dropout_rate_scale_determinism_and_gradient():
+    from vatt.model.dropout import dropout
+    x = torch.ones(400_000, requires_grad=True)
+    torch.manual_seed(3)
+    y = dropout(x, 0.1, True)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.003  # drop rate 0.1 (sd ~5e-4)
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9))  # inverted scaling
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.1, True), y)  # torch.manual_seed governs the mask
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)
+    assert torch.equal(dropout(x, 0.1, False), x)

@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from vatt.model.dropout import Dropout
+
 
 def _phi(squared_distance: torch.Tensor) -> torch.Tensor:
     # Order-3 polyharmonic kernel exactly as TF Addons writes it: max(r^2, 1e-10) ** 1.5, so the diagonal
@@ -65,7 +67,7 @@ class FactorizedPositionalEmbedding(nn.Module):
         self.max_buckets = tuple(int(n) for n in max_buckets)
         self.tables = nn.ParameterDict({a: nn.Parameter(torch.empty(n, d_model)) for a, n in zip(axes, max_buckets)})
         self.layer_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
         for t in self.tables.values():
             nn.init.trunc_normal_(t, std=d_model**-0.5, a=-2 * d_model**-0.5, b=2 * d_model**-0.5)
 

@@ -20,6 +20,9 @@ class VoxelPatchEmbedding(nn.Module):
     """Conv3D with kernel = stride = (4, 16, 16), VALID padding: `[B, T, H, W, 3]` -> `[B, t, h, w, D]`.
 
     Like the official VALID convolution, frames and pixels that do not fill a whole patch are dropped.
+    Since kernel = stride, the convolution is one matrix product over non-overlapping patches; computing
+    it that way is several times faster on CPU than the (backward of the) 3-D convolution. The weight keeps
+    the Conv3d layout `[D, 3, 4, 16, 16]`.
     """
 
     def __init__(self, d_model: int, temporal_patch_size: int = 4, spatial_patch_size: int = 16, in_channels: int = 3):
@@ -35,12 +38,20 @@ class VoxelPatchEmbedding(nn.Module):
             video.dim() == 5 and video.shape[-1] == self.in_channels
             and video.shape[1] >= pt and video.shape[2] >= ph and video.shape[3] >= pw,
         )
-        x = self.proj(video.permute(0, 4, 1, 2, 3).to(self.proj.weight.dtype))  # [B, D, t, h, w]
-        return x.permute(0, 2, 3, 4, 1)
+        b, t, h, w = video.shape[0], video.shape[1] // pt, video.shape[2] // ph, video.shape[3] // pw
+        x = video[:, : t * pt, : h * ph, : w * pw]
+        # [B, t, pt, h, ph, w, pw, C] -> [B, t, h, w, C, pt, ph, pw]: the Conv3d weight's input order
+        x = x.reshape(b, t, pt, h, ph, w, pw, self.in_channels).permute(0, 1, 3, 5, 7, 2, 4, 6)
+        x = x.reshape(b, t, h, w, -1)
+        weight = self.proj.weight.reshape(self.proj.out_channels, -1)
+        return F.linear(x.to(weight.dtype) if not torch.is_autocast_enabled() else x, weight, self.proj.bias)
 
 
 class WaveformPatchEmbedding(nn.Module):
-    """Conv1D with kernel = stride = 128 over the raw waveform: `[B, N]` or `[B, N, 1]` -> `[B, n, D]`."""
+    """Conv1D with kernel = stride = 128 over the raw waveform: `[B, N]` or `[B, N, 1]` -> `[B, n, D]`.
+
+    Computed as one matrix product over the non-overlapping segments; the weight keeps the Conv1d layout.
+    """
 
     def __init__(self, d_model: int, temporal_patch_size: int = 128):
         super().__init__()
@@ -52,7 +63,10 @@ class WaveformPatchEmbedding(nn.Module):
             audio = audio[..., 0]
         check_shape("audio", audio, f"[B, N>={self.patch}] or [B, N, 1] (mono waveform)",
                     audio.dim() == 2 and audio.shape[1] >= self.patch)
-        return self.proj(audio[:, None, :].to(self.proj.weight.dtype)).transpose(1, 2)
+        n = audio.shape[1] // self.patch  # VALID: a trailing partial patch is dropped
+        x = audio[:, : n * self.patch].reshape(audio.shape[0], n, self.patch)
+        weight = self.proj.weight.reshape(self.proj.out_channels, -1)  # Conv1d [D, 1, 128] -> [D, 128]
+        return F.linear(x.to(weight.dtype) if not torch.is_autocast_enabled() else x, weight, self.proj.bias)
 
 
 def mel_filterbank(num_spectrogram_bins: int, num_mel_bins: int, sample_rate: float,

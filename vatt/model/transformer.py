@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vatt.model.dropout import Dropout, dropout
+
 from vatt.configs import TransformerConfig
 
 MASK_VALUE = -1e9  # official additive mask value: (1 - mask) * -1e9
@@ -48,9 +50,16 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.d_kv).permute(2, 0, 3, 1, 4)  # 3 x [B, H, N, dk]
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias, dropout_p=self.dropout_rate if self.training else 0.0, scale=self.scale
-        )
+        p = self.dropout_rate if self.training else 0.0
+        if p > 0.0 and x.device.type == "cpu":
+            # SDPA on CPU falls back to this same math path when it has to drop attention probabilities;
+            # written out, the dropout can use the fast CPU mask.
+            scores = (q @ k.transpose(-2, -1)) * (self.d_kv**-0.5 if self.scale is None else self.scale)
+            if attn_bias is not None:
+                scores = scores + attn_bias
+            out = dropout(scores.softmax(dim=-1), p, True) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=p, scale=self.scale)
         return self.o(out.transpose(1, 2).reshape(b, n, self.num_heads * self.d_kv))
 
 
@@ -61,7 +70,7 @@ class MLP(nn.Module):
         super().__init__()
         self.wi = nn.Linear(d_model, d_ff, bias=bias)
         self.wo = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.wo(self.dropout(F.gelu(self.wi(x))))
@@ -74,7 +83,7 @@ class EncoderBlock(nn.Module):
         self.attention = MultiHeadAttention(cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.dropout_rate, cfg.use_bias)
         self.mlp_layer_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.dropout_rate, cfg.use_bias)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.layer_norm(x), attn_bias))
@@ -105,7 +114,7 @@ class TransformerEncoder(_Stack):
         super().__init__()
         self.layers = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.num_layers))
         self.final_layer_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         # Without padding no mask is passed, which lets SDPA pick its fused kernels.
@@ -135,7 +144,7 @@ class T5Block(nn.Module):
         # The official T5 encoder uses a full LayerNorm (with beta) before the MLP, unlike HF T5.
         self.mlp_layer_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.dropout_rate, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.layer_norm(x), attn_bias))
@@ -163,7 +172,7 @@ class T5Encoder(_Stack):
     def __init__(self, cfg: TransformerConfig, num_buckets: int = 32, max_distance: int = 64):
         super().__init__()
         self.num_buckets, self.max_distance = num_buckets, max_distance
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
         # Lives in layer 0 in the official code; its output is reused by every layer.
         self.relative_attention_bias = nn.Embedding(num_buckets, cfg.num_heads)
         self.layers = nn.ModuleList(T5Block(cfg) for _ in range(cfg.num_layers))
