@@ -1,4 +1,8 @@
-"""Model folders: `model.safetensors` + `config.json`. No pickle anywhere on the load path."""
+"""Model folders: `model.safetensors` + `config.json` (+ `vocab.txt`). No pickle anywhere on the load path.
+
+`vocab.txt` (one word per line, the official vocabulary format) is the word tokenizer the text model was
+trained with; `load` attaches it as `model.tokenizer` so that text can be embedded from strings.
+"""
 from __future__ import annotations
 
 import json
@@ -14,6 +18,7 @@ from vatt import configs
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+VOCAB = "vocab.txt"
 
 
 @dataclass
@@ -43,8 +48,12 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = 
     return report
 
 
-def save(model: nn.Module, directory: str | os.PathLike, config=None) -> Path:
-    """Write `<directory>/model.safetensors` and `<directory>/config.json` (atomically replaced)."""
+def save(model: nn.Module, directory: str | os.PathLike, config=None, tokenizer=None) -> Path:
+    """Write `<directory>/model.safetensors`, `config.json` and, with a tokenizer, `vocab.txt`.
+
+    Each file is written to a temporary name and renamed, so a crash never leaves a half-written file.
+    `tokenizer` defaults to `model.tokenizer` when the model has one.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = config if config is not None else model.config
@@ -55,6 +64,11 @@ def save(model: nn.Module, directory: str | os.PathLike, config=None) -> Path:
     tmp = directory / (CONFIG + ".tmp")
     tmp.write_text(json.dumps(configs.to_dict(config), indent=2) + "\n")
     os.replace(tmp, directory / CONFIG)
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        tmp = directory / (VOCAB + ".tmp")
+        tokenizer.save(tmp)
+        os.replace(tmp, directory / VOCAB)
     return directory
 
 
@@ -71,7 +85,8 @@ def load_config(directory: str | os.PathLike):
 def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu", strict: bool = True) -> nn.Module:
     """Build the model described by `<directory>/config.json` and load `<directory>/model.safetensors`.
 
-    Returns the model in eval mode. With `strict=True` (default) any missing or unexpected key is an error.
+    Returns the model in eval mode, with `model.tokenizer` set from `vocab.txt` when the folder has one.
+    With `strict=True` (default) any missing or unexpected key is an error.
     """
     from vatt.model.factory import build_model
 
@@ -81,4 +96,8 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no weights file")
     load_state(model, load_file(str(weights), device=str(map_location)), strict=strict)
+    model.tokenizer = None
+    if (directory / VOCAB).is_file():
+        from vatt.data.text import WordTokenizer
+        model.tokenizer = WordTokenizer.from_vocab_file(directory / VOCAB)
     return model.to(map_location).eval()
