@@ -1,0 +1,79 @@
+"""vatt.train.checkpoint: atomic writes, keep-last-K, safe loading, RNG round trip."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import vatt
+from vatt.train import checkpoint as ckpt
+
+
+def _save(root, step, keep_last=3, model=None):
+    model = model or vatt.build_model("tx_fac_tiny")
+    state = {"progress": {"step": step}, "optimizer": {"state": {}, "param_groups": []}, "ranks": [{"rng": ckpt.rng_state()}]}
+    return ckpt.save_checkpoint(root, step, model.state_dict(), vatt.configs.to_dict(model.config), state, keep_last)
+
+
+def test_checkpoint_is_a_model_folder_and_loads_safely(tmp_path):
+    model = vatt.build_model("tx_fac_tiny")
+    folder = _save(tmp_path, 7, model=model)
+    assert folder.name == "step_00000007" and ckpt.latest_checkpoint(tmp_path) == folder
+    loaded = vatt.load(folder)  # the same files as vatt.save
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert ckpt.load_train_state(folder)["progress"] == {"step": 7}  # weights_only=True
+
+
+def test_keeps_the_last_k(tmp_path):
+    model = vatt.build_model("tx_fac_tiny")
+    for step in (1, 2, 3, 4, 5):
+        _save(tmp_path, step, keep_last=2, model=model)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000004", "step_00000005"]
+
+
+def test_crash_mid_write_leaves_latest_intact(tmp_path, monkeypatch):
+    model = vatt.build_model("tx_fac_tiny")
+    good = _save(tmp_path, 10, model=model)
+
+    def torch_save_then_die(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"half a pickle")
+        raise KeyboardInterrupt  # the process is stopped while writing train_state.pt
+
+    monkeypatch.setattr(ckpt.torch, "save", torch_save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, 20, model=model)
+    monkeypatch.undo()
+    assert ckpt.latest_checkpoint(tmp_path) == good
+    assert not list(tmp_path.glob(".tmp-*"))  # an interrupted write cleans up after itself
+    ckpt.load_train_state(good)
+    vatt.load(good)
+
+    # A killed process (SIGKILL, power loss) cannot clean up: its half-written folder stays hidden...
+    stale = tmp_path / ".tmp-step_00000030-abcd"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"\0" * 10)
+    assert ckpt.latest_checkpoint(tmp_path) == good
+    # ...and the next successful save removes it.
+    _save(tmp_path, 40, model=model)
+    assert not stale.exists() and ckpt.latest_checkpoint(tmp_path).name == "step_00000040"
+
+
+def test_resaving_a_step_replaces_it(tmp_path):
+    model = vatt.build_model("tx_fac_tiny")
+    _save(tmp_path, 5, model=model)
+    with torch.no_grad():
+        model.head.audio_to_va.bias.fill_(3.0)
+    folder = _save(tmp_path, 5, model=model)
+    assert torch.all(ckpt.load_weights(folder)["head.audio_to_va.bias"] == 3.0)
+    assert len(ckpt.list_checkpoints(tmp_path)) == 1
+
+
+def test_rng_state_round_trip(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = ckpt.rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(()).item())
+    ckpt.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected

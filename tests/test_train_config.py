@@ -1,0 +1,89 @@
+"""vatt.train.config and the `vatt pretrain` command line: typed overrides, errors that name the field."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vatt.train.config import ConfigError, PretrainConfig, load_config, parse_value
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_official_recipe():
+    c = PretrainConfig()
+    assert (c.optim.optimizer, c.optim.lr, c.optim.final_lr, c.optim.warmup_steps, c.optim.total_steps) == \
+        ("adam", 1e-4, 5e-5, 5000, 500_000)
+    assert (c.optim.beta1, c.optim.beta2, c.optim.eps, c.optim.weight_decay, c.optim.grad_clip_norm) == \
+        (0.9, 0.999, 1e-7, 0.0, 0.0)
+    assert c.loss.temperature == 0.07
+
+
+def test_yaml_and_set_overrides_are_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-3\n  warmup_steps: 10\nrun:\n  output_dir: out\n"
+                    "model:\n  overrides:\n    video.droptoken.keep_rate: 1.0\n")
+    c = load_config(path, ["optim.total_steps=20", "run.output_dir=007", "model.overrides.text.max_words=8",
+                           "data.train_where={split: train}", "log.tensorboard=false"])
+    assert c.optim.lr == 1e-3 and isinstance(c.optim.lr, float)  # YAML 1.1 alone reads 1e-3 as a string
+    assert c.optim.total_steps == 20 and c.optim.warmup_steps == 10
+    assert c.run.output_dir == "007"  # a string field keeps the text as written
+    assert c.data.train_where == {"split": "train"} and c.log.tensorboard is False
+    model = c.model.build_config()
+    assert model.video.droptoken.keep_rate == 1.0 and model.text.max_words == 8
+
+
+def test_parse_value():
+    assert parse_value("3") == 3 and parse_value("1e-4") == 1e-4 and parse_value("-2.5E3") == -2500.0
+    assert parse_value("true") is True and parse_value("[1, 2]") == [1, 2] and parse_value("abc") == "abc"
+
+
+@pytest.mark.parametrize("overrides, names", [
+    (["optim.lerning_rate=1"], ["optim.lerning_rate", "lr"]),           # unknown: lists the allowed names
+    (["optimizer.lr=1"], ["optimizer", "optim"]),                       # closest section
+    (["optim.lr=fast"], ["optim.lr", "number"]),                        # ill-typed
+    (["optim.total_steps=1.5"], ["optim.total_steps", "integer"]),
+    (["optim.optimizer=sgd"], ["optim.optimizer", "adam", "adamw"]),     # not one of the choices
+    (["model.preset=tx_fac_tiyn"], ["model.preset", "tx_fac_tiny"]),
+    (["model.overrides.video.droptoken.enabeld=false"], ["model.overrides", "enabled"]),
+    (["data.batch_size=0"], ["data.batch_size"]),
+    (["optim.weight_decay=0.1"], ["optim.weight_decay", "adamw"]),
+    (["model.preset=vit_base"], ["model.preset", "tx_fac"]),           # not a pre-training model
+    (["lr"], ["key=value"]),
+])
+def test_bad_fields_fail_naming_them(overrides, names):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_typo_in_yaml_fails(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("checkpoint:\n  keep_lats: 2\n")
+    with pytest.raises(ConfigError, match=r"checkpoint\.keep_lats.*keep_last"):
+        load_config(path)
+
+
+def test_cli_config_typo_fails_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "vatt", "pretrain", "--set", f"run.output_dir={out}",
+                           "--set", "optim.warmup_stpes=3"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "optim.warmup_stpes" in proc.stderr and "warmup_steps" in proc.stderr
+    assert not out.exists()
+
+
+def test_cli_print_config(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vatt", "pretrain", "--config", str(ROOT / "configs" / "pretrain_bbs.yaml"),
+                           "--set", "optim.lr=2e-4", "--print-config"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import yaml
+    printed = yaml.safe_load(proc.stdout)
+    assert printed["optim"]["lr"] == 2e-4 and printed["model"]["preset"] == "tx_fac_bbs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("pretrain*.yaml")))
+def test_shipped_configs_load(name):
+    load_config(ROOT / "configs" / name)

@@ -1,0 +1,224 @@
+"""vatt.train.loop: a tiny pre-training run learns; resume, divergence guard, masks, DDP/FSDP equivalence.
+
+Runs the real `tx_fac_tiny` model on synthetic clips (the media pipeline has its own tests) so that a
+step takes a fraction of a second. This file is also the worker script of the torchrun test
+(`python -m torch.distributed.run ... tests/test_train_loop.py OUT_DIR [--set ...]`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from vatt.data.datasets import collate, sample_generator
+from vatt.train import checkpoint as ckpt
+from vatt.train.config import load_config
+from vatt.train.loop import TrainingDiverged, pretrain
+from vatt.train.progress import Callback, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class SynthClips(Dataset):
+    """Clips whose video, audio and caption all show one of `num_classes` classes, plus per-clip noise.
+
+    Keys are (epoch, index) pairs, as `vatt.data` datasets take them; noise comes from the generator
+    of (seed, epoch, index), so a clip is the same in whichever process loads it.
+    """
+
+    def __init__(self, n: int = 32, num_classes: int = 32, nan_clips: tuple[int, ...] = (), no_text: tuple[int, ...] = (),
+                 no_audio: tuple[int, ...] = (), all_nan: bool = False):
+        g = torch.Generator().manual_seed(1234)
+        self.n = n
+        self.video = torch.rand(num_classes, 1, 64, 64, 3, generator=g) * 2 - 1
+        self.audio = torch.randn(num_classes, 25600, generator=g)
+        self.text = torch.randint(4, 1000, (num_classes, 16), generator=g)
+        self.nan_clips, self.no_text, self.no_audio, self.all_nan = set(nan_clips), set(no_text), set(no_audio), all_nan
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        epoch, i = key
+        g = sample_generator(0, epoch, i)
+        c = i % self.video.shape[0]
+        video = (self.video[c].expand(8, -1, -1, -1) + 0.3 * torch.randn(8, 64, 64, 3, generator=g)).clamp(-1, 1)
+        if i in self.nan_clips or self.all_nan:
+            video[0, 0, 0, 0] = math.nan
+        has_audio, has_text = i not in self.no_audio, i not in self.no_text
+        audio = (self.audio[c] + 0.5 * torch.randn(25600, generator=g)) * has_audio
+        text = self.text[c].clone()
+        text[torch.randint(0, 16, (3,), generator=g)] = torch.randint(4, 1000, (3,), generator=g)
+        return {"video": video, "audio": audio, "text": text[None] * has_text,
+                "audio_mask": torch.tensor(float(has_audio)), "text_mask": torch.tensor(float(has_text)), "index": i}
+
+
+def tiny_config(out: Path, *overrides: str):
+    return load_config(None, [
+        f"run.output_dir={out}", "optim.lr=1e-3", "optim.final_lr=5e-4", "optim.warmup_steps=2",
+        "optim.total_steps=8", "data.batch_size=8", "data.num_workers=0", "log.every_steps=1",
+        "log.tensorboard=false", "checkpoint.every_steps=4", "run.precision=fp32", *overrides])
+
+
+# At this size and step count, dropout 0.1 slows learning more than the test can wait for.
+NO_DROPOUT = ["model.overrides.video.transformer.dropout_rate=0", "model.overrides.audio.transformer.dropout_rate=0",
+              "model.overrides.text.transformer.dropout_rate=0"]
+# Dropout and DropToken draw per rank; without them N ranks compute exactly what one process computes.
+DETERMINISTIC = NO_DROPOUT + ["model.overrides.video.droptoken.enabled=false",
+                              "model.overrides.audio.droptoken.enabled=false"]
+
+
+def losses(out: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(out)]
+
+
+def test_tiny_run_learns_and_writes_everything(tmp_path):
+    out = tmp_path / "run"
+    seen = []
+
+    class Record(Callback):
+        def on_step(self, step, metrics):
+            seen.append((step, metrics["loss"], metrics["lr"]))
+
+    cfg = tiny_config(out, "optim.total_steps=24", "optim.warmup_steps=2", "checkpoint.every_steps=10",
+                      "checkpoint.keep_last=2", "log.tensorboard=true", "eval.every_steps=12", "run.precision=bf16",
+                      *NO_DROPOUT)
+    result = pretrain(cfg, train_dataset=SynthClips(32), heldout_dataset=SynthClips(16), collate_fn=collate,
+                      callbacks=[Record()])
+    curve = losses(out)
+    assert len(curve) == 24 and [s for s, _, _ in seen] == list(range(1, 25))
+    assert sum(curve[-5:]) / 5 < 0.85 * sum(curve[:5]) / 5, curve  # measured: 3.06 -> 2.16
+    assert seen[0][2] == 0.0 and seen[2][2] == pytest.approx(1e-3)  # warm-up from 0 to the peak at step 2
+    assert result.step == 24 and result.skipped_steps == 0
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step_00000020", "step_00000024"]
+    assert result.last_checkpoint == out / "checkpoints" / "step_00000024"
+    assert [e["step"] for e in read_metrics(out, "eval")] == [12, 24]
+    assert {"text->video/R@1", "text->video/MedR", "audio->video/R@5"} <= set(result.eval_history[-1])
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    import vatt
+    model = vatt.load(result.last_checkpoint)  # a checkpoint is a model folder
+    assert torch.isfinite(model.head.hidden_to_va_bn.running_mean).all()
+
+
+def test_clips_without_text_or_audio_are_masked_not_dropped(tmp_path):
+    # No clip has text: the video-text term is masked out entirely (0); audio is missing for some clips.
+    dataset = SynthClips(16, no_text=tuple(range(16)), no_audio=(0, 3, 5))
+    result = pretrain(tiny_config(tmp_path, "optim.total_steps=3"), train_dataset=dataset, collate_fn=collate)
+    for record in result.history:
+        assert record["loss_video_text"] == 0.0
+        assert math.isfinite(record["loss_video_audio"]) and record["loss_video_audio"] > 0
+        assert record["loss"] == pytest.approx(record["loss_video_audio"] / 2)  # official divisor stays 2
+
+
+def test_nan_batch_is_skipped_and_counted(tmp_path, caplog):
+    # 16 clips, batch 8: clip 5 is in exactly one batch per epoch, so 2 of 4 steps see a NaN.
+    caplog.set_level(logging.WARNING, logger="vatt.train")
+    out = tmp_path / "run"
+    result = pretrain(tiny_config(out, "optim.total_steps=4", "checkpoint.every_steps=0"),
+                      train_dataset=SynthClips(16, nan_clips=(5,)), collate_fn=collate)
+    assert result.skipped_steps == 2
+    records = read_metrics(out)
+    assert records[-1]["skipped_steps"] == 2
+    assert sum(r["loss"] is None for r in records) == 2  # the skipped steps' records say so (null, not NaN)
+    assert sum("update skipped" in m for m in caplog.messages) == 2
+    import vatt
+    model = vatt.load(result.last_checkpoint)
+    for name, tensor in model.state_dict().items():  # neither weights nor BatchNorm statistics took the NaN
+        assert torch.isfinite(tensor.float()).all(), name
+
+
+def test_too_many_bad_steps_stop_with_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    pretrain(tiny_config(out, "optim.total_steps=2", "checkpoint.every_steps=2"), train_dataset=SynthClips(16),
+             collate_fn=collate)
+    good = ckpt.latest_checkpoint(out / "checkpoints")
+    before = ckpt.load_weights(good)
+    cfg = tiny_config(out, "optim.total_steps=10", "checkpoint.every_steps=1", "run.max_consecutive_bad_steps=3")
+    with pytest.raises(TrainingDiverged, match=r"3 consecutive steps.*NaN/Inf.*step_00000002"):
+        pretrain(cfg, resume=True, train_dataset=SynthClips(16, all_nan=True), collate_fn=collate)
+    assert ckpt.latest_checkpoint(out / "checkpoints") == good  # skipped steps write no checkpoint
+    after = ckpt.load_weights(good)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class _Hang(Callback):
+    """Marks that step `at` is done, then blocks, so the test can SIGKILL the process mid-run."""
+
+    def __init__(self, at: int, marker: str):
+        self.at, self.marker = at, marker
+
+    def on_step(self, step, metrics):
+        if step == self.at:
+            Path(self.marker).write_text("ready")
+            time.sleep(600)
+
+
+def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
+    # bf16 autocast, DropToken and dropout on, 2 DataLoader workers, 12 steps over 3 epochs.
+    settings = ["optim.total_steps=12", "checkpoint.every_steps=5", "run.precision=bf16", "data.num_workers=2"]
+    reference = tmp_path / "reference"
+    pretrain(tiny_config(reference, *settings), train_dataset=SynthClips(32), collate_fn=collate)
+
+    out, marker = tmp_path / "killed", tmp_path / "at_step_7"
+    proc = subprocess.Popen([sys.executable, __file__, str(out), "--hang-at", "7", "--marker", str(marker),
+                             *[a for s in settings for a in ("--set", s)]], cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not marker.exists():
+            assert proc.poll() is None, "the run to be killed ended early"
+            assert time.time() < deadline, "the run to be killed never reached step 7"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its DataLoader workers
+        proc.wait()
+    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step_00000005"
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5, 6]  # step 7 was killed before its record
+
+    result = pretrain(tiny_config(out, *settings), resume=True, train_dataset=SynthClips(32), collate_fn=collate)
+    assert [r["step"] for r in result.history] == list(range(6, 13))
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 13))  # step 6 of the killed run replaced
+    assert losses(out) == pytest.approx(losses(reference), abs=1e-6)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process(tmp_path, parallel):
+    single, double = tmp_path / "one", tmp_path / "two"
+    settings = ["optim.total_steps=4", "checkpoint.every_steps=0", f"run.parallel={parallel}", *DETERMINISTIC]
+    pretrain(tiny_config(single, *settings), train_dataset=SynthClips(32), collate_fn=collate)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(29500 + os.getpid() % 1000), __file__, str(double),
+                           *[a for s in settings for a in ("--set", s)]],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(double) == pytest.approx(losses(single), abs=2e-4)  # same global batch, summed in another order
+    saved = ckpt.load_train_state(ckpt.latest_checkpoint(double / "checkpoints"))
+    assert len(saved["ranks"]) == 2
+    assert json.loads((ckpt.latest_checkpoint(double / "checkpoints") / "config.json").read_text())["kind"] == "tx_fac"
+
+
+def _worker_main() -> None:
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--hang-at", type=int, default=0)
+    parser.add_argument("--marker", default="")
+    args = parser.parse_args()
+    callbacks = [_Hang(args.hang_at, args.marker)] if args.hang_at else []
+    pretrain(tiny_config(Path(args.out), *args.set), train_dataset=SynthClips(32), collate_fn=collate,
+             callbacks=callbacks)
+
+
+if __name__ == "__main__":
+    _worker_main()
