@@ -179,6 +179,31 @@ def test_seeked_clip_equals_decoding_from_the_start(media):
         np.testing.assert_array_equal(frame, full[k])
 
 
+def test_unneeded_non_reference_frames_are_not_decoded(media, monkeypatch):
+    # The test video has B-frames, a third of them non-reference. Frames that cannot be chosen must
+    # be skipped, and the kept frames must still equal a full decode.
+    from vatt.data import decoding
+
+    decoded = []
+    original = decoding._DecodeErrors.decode
+
+    def counting(self, packet):
+        frames = original(self, packet)
+        if packet.stream.type == "video":
+            decoded.extend(f.time for f in frames)
+        return frames
+
+    monkeypatch.setattr(decoding._DecodeErrors, "decode", counting)
+    with av.open(str(media["cfr"])) as c:
+        full = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    pts = pts_list_s(media["cfr"])
+    clip = decode_clip(media["cfr"], 5.3, num_frames=32, fps=10.0, decode_audio=False, threads=1)
+    for frame, k in zip(clip.frames.numpy(), expected_indices(pts, 5.3, 32, 10.0)):
+        np.testing.assert_array_equal(frame, full[k])
+    span = [t for t in pts if 5.0 <= t <= 5.3 + 3.2]  # key frame at 5.0 up to the clip end
+    assert len(set(decoded)) < 0.9 * len(span)  # 72 of 88 here; 87 without skipping
+
+
 def test_video_shorter_than_clip_loops_or_repeats_last(media):
     # 8.5 s into a 10 s video: 15 real frames at 10 fps, then padding.
     pts = pts_list_s(media["cfr"])
@@ -409,6 +434,18 @@ def test_real_clip_timing_against_stream_timestamps():
         clip = decode_clip(d / name, start, decode_audio=False, short_side=64)
         k = expected_indices(pts, start, 32, 10.0)
         np.testing.assert_allclose(clip.frame_times.numpy(), [pts[i] for i in k], atol=1e-9)
+
+
+def test_seek_onto_a_key_frame_that_does_not_decode_falls_back():
+    # cockatoo.mp4 marks frames at 3.8 s and 7.25 s as key frames, but decoding from them gives
+    # frames FFmpeg flags corrupt (green). Clips there must still equal a decode from the start.
+    path = shared("real-video-clips") / "cockatoo.mp4"
+    with av.open(str(path)) as c:
+        full = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    pts = [t for t, _ in full]
+    clip = decode_clip(path, 5.81, num_frames=8, decode_audio=False)
+    for frame, k in zip(clip.frames.numpy(), expected_indices(pts, 5.81, 8, 10.0)):
+        np.testing.assert_array_equal(frame, full[k][1])
 
 
 def test_decode_real_audio_files():

@@ -26,11 +26,18 @@ stream, or whose audio does not cover the span, gives zeros and `audio_mask = 0.
 the official loader does for datasets without audio. A silent track still covers the span: mask 1.
 
 Speed. We seek to the key frame before the clip and stop once past its end, so the cost does not grow
-with the clip's position in the file; only frames we keep are converted to RGB, and `short_side` lets
-the decoder's scaler shrink them in the same pass (training resizes to 224 anyway).
+with the clip's position in the file. Non-reference frames that cannot be chosen are not decoded at
+all (`_NonRefSkipper`; the kept frames are bit-identical to a full decode). Only kept frames are
+converted to RGB, through one scaler per clip, and `short_side` lets that scaler shrink them in the
+same pass (training resizes to 224 anyway). `bench/decode.py` measures all of this.
+
+Broken seeks. If a seek lands after the clip start, or on a "key frame" that FFmpeg decodes as
+corrupt (it happens in real files), we seek one key frame earlier, and after a few tries decode from
+the beginning of the file: slower, never wrong.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import stat
@@ -39,6 +46,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 import torch
+import torch.utils.data
+from av.video.reformatter import VideoReformatter
 
 from vatt.data.errors import MediaError
 
@@ -58,9 +67,11 @@ _AUDIO_PREROLL_S = 0.25
 # Audio may miss this fraction of the span at its ends (codec priming, rounding of the last packet)
 # and still count as covering it; the missing samples are zeros.
 _AUDIO_GAP_TOLERANCE = 0.02
-# When seeking lands after the clip start (files without a precise index, open GOPs), seek again this
-# far before the start, then decode from the beginning.
+# When the audio seek lands after the span (files without a precise index), seek again this far
+# before the start, then decode from the beginning.
 _SEEK_BACKOFF_S = (2.0, 10.0)
+# Video seeks tried before decoding from the beginning of the file (see decode_clip).
+_MAX_SEEKS = 3
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,7 @@ class Clip:
     start_s: float
     frames: torch.Tensor | None  # [T, H, W, 3] uint8 RGB; None when video was not decoded
     audio: torch.Tensor | None  # [N] float32 mono at `sample_rate`; None when audio was not asked for
-    audio_mask: float  # 1.0 if real audio covers the span, else 0.0 (and `audio` is zeros)
+    audio_mask: float  # 1.0 if real audio covers the span, else 0.0 (and `audio` is zeros, see audio_pad)
     sample_rate: int
     frame_times: torch.Tensor | None = None  # [T] float64 pts of the source frame shown at each step
     num_padded_frames: int = 0  # trailing frames that repeat earlier ones because the video ended
@@ -231,6 +242,12 @@ def sample_start(duration_s: float, clip_s: float, rng: torch.Generator | None =
 # Decoding passes
 # --------------------------------------------------------------------------------------------------
 
+def _tb(time_base) -> float | None:
+    # Time bases as floats, taken once per stream: PyAV builds a new Fraction on every access of
+    # frame.time_base / packet.time_base, a measurable share of the Python time per clip.
+    return float(time_base) if time_base else None
+
+
 class _DecodeErrors:
     """Counts packets the decoder rejected; FFmpeg conceals most damage, we skip the rest."""
 
@@ -252,8 +269,9 @@ class _VideoSampler:
     """Keeps, for each target time, the last frame with pts <= target, converting only kept frames."""
 
     def __init__(self, path: str, targets: np.ndarray, short_side: int | None, max_pixels: int,
-                 frame_step_s: float):
+                 frame_step_s: float, time_base):
         self.path = path
+        self.tb = _tb(time_base)
         self.targets = targets  # [T] float64 seconds, file clock
         self.short_side = short_side
         self.max_pixels = max_pixels
@@ -262,22 +280,26 @@ class _VideoSampler:
         self.prev = None  # (frame, time) of the last frame seen
         self.prev_end = None
         self.first_time: float | None = None
+        self.key_time: float | None = None  # pts of the first key frame decoded in this pass
+        self.corrupt = False  # a frame from the first key frame on came out flagged corrupt
         self.last_end: float | None = None
         self.out_size: tuple[int, int] | None = None  # (width, height) of the RGB arrays
         self.arrays: list[np.ndarray] = []  # converted frames, in order
         self.times: list[float] = []  # their pts
         self.picked = np.full(len(targets), -1, dtype=np.int64)  # target -> index into arrays
         self._last_converted = None  # the frame object behind arrays[-1]
+        # One scaler for the clip: frame.to_ndarray(format=...) builds a new scaler context (with
+        # its own thread pool) per frame, which costs more than the conversion itself.
+        self.reformatter = VideoReformatter()
         self.done = False
 
     def _frame_time(self, frame) -> float:
-        t = frame.time
-        if t is None and frame.dts is not None and frame.time_base is not None:
-            t = float(frame.dts * frame.time_base)
-        if t is None:
-            # No timestamp at all (rare raw streams): continue from the previous frame.
-            t = self.prev[1] + self.frame_step_s if self.prev is not None else 0.0
-        return t
+        tb = self.tb if self.tb is not None else _tb(frame.time_base)
+        ts = frame.pts if frame.pts is not None else frame.dts
+        if ts is not None and tb is not None:
+            return ts * tb
+        # No timestamp at all (rare raw streams): continue from the previous frame.
+        return self.prev[1] + self.frame_step_s if self.prev is not None else 0.0
 
     def _convert(self, frame) -> np.ndarray:
         if frame.width * frame.height > self.max_pixels:
@@ -291,10 +313,9 @@ class _VideoSampler:
                 w, h = max(1, round(w * scale)), max(1, round(h * scale))
             self.out_size = (w, h)
         w, h = self.out_size
-        if (w, h) == (frame.width, frame.height):
-            return frame.to_ndarray(format="rgb24")
         # Scaling also happens when the resolution changes mid-stream, so frames stack.
-        return frame.to_ndarray(format="rgb24", width=w, height=h)
+        rgb = self.reformatter.reformat(frame, width=w, height=h, format="rgb24", threads=1)
+        return rgb.to_ndarray()  # [H, W, 3] uint8
 
     def _assign(self, i: int, frame, t: float) -> None:
         if frame is not self._last_converted:
@@ -307,6 +328,12 @@ class _VideoSampler:
         t = self._frame_time(frame)
         if self.first_time is None:
             self.first_time = t
+        if self.key_time is None and frame.key_frame:
+            self.key_time = t
+        # Leading pictures of an open GOP (shown before its key frame) may be corrupt after a seek
+        # without harm; from the key frame on, corruption spreads to the frames we keep.
+        if frame.is_corrupt and self.key_time is not None and t >= self.key_time:
+            self.corrupt = True
         n = len(self.targets)
         while self.next < n and t > self.targets[self.next] + _EPS_S:
             src, src_t = self.prev if self.prev is not None else (frame, t)
@@ -315,10 +342,14 @@ class _VideoSampler:
         if self.next == n:
             self.done = True
             return
-        duration = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
+        duration = frame.duration * self.tb if frame.duration and self.tb else 0.0
         self.prev = (frame, t)
         self.prev_end = t + (duration if duration > 0 else self.frame_step_s)
         self.last_end = self.prev_end
+
+    def seek_failed(self) -> bool:
+        """After a seek: landed after the first target, or on a key frame that did not decode."""
+        return self.corrupt or (self.first_time is not None and self.first_time > self.targets[0] + _EPS_S)
 
     def finish(self) -> None:
         """End of stream: the last frame stays on screen until its end time."""
@@ -332,7 +363,8 @@ class _VideoSampler:
 class _AudioCollector:
     """Decoded audio over [t0, t0 + n / rate), resampled to mono float32 at `rate`."""
 
-    def __init__(self, t0: float, num_samples: int, sample_rate: int):
+    def __init__(self, t0: float, num_samples: int, sample_rate: int, time_base):
+        self.tb = _tb(time_base)
         self.t0 = t0
         self.n = num_samples
         self.sr = sample_rate
@@ -346,15 +378,15 @@ class _AudioCollector:
     def wants(self, packet) -> bool:
         # Skip decoding packets that end well before the span (the video's key frame may be seconds
         # earlier); a packet without timing is decoded.
-        if packet.pts is None or not packet.duration or packet.time_base is None:
+        if packet.pts is None or not packet.duration or self.tb is None:
             return True
-        return float((packet.pts + packet.duration) * packet.time_base) >= self.t0 - _AUDIO_PREROLL_S
+        return (packet.pts + packet.duration) * self.tb >= self.t0 - _AUDIO_PREROLL_S
 
     def feed(self, frame) -> None:
         if self.done or frame.samples == 0:
             return
         dur = frame.samples / frame.sample_rate
-        t = frame.time
+        t = frame.pts * self.tb if frame.pts is not None and self.tb is not None else None
         if t is None:
             # Untimed frames: assume the audio is contiguous.
             t = self.fed_end if self.fed_end is not None else 0.0
@@ -363,11 +395,15 @@ class _AudioCollector:
                 return
             self.first_time = t
         # Samples are taken as contiguous from `first_time`: gaps inside a stream are not filled.
-        for out in self.resampler.resample(frame):
-            self.chunks.append(out.to_ndarray().reshape(-1))
+        self._take(self.resampler.resample(frame))
         self.fed_end = (self.fed_end if self.fed_end is not None else t) + dur
         if self.fed_end >= self.t_end + _AUDIO_PREROLL_S / 2:
             self.done = True
+
+    def _take(self, frames) -> None:
+        for out in frames:
+            # Packed float mono: the plane is the samples. A view, not a copy: result() concatenates.
+            self.chunks.append(np.frombuffer(out.planes[0], dtype=np.float32, count=out.samples))
 
     def starts_late(self) -> bool:
         return self.first_time is not None and self.first_time > self.t0 + _AUDIO_GAP_TOLERANCE * (self.t_end - self.t0)
@@ -378,8 +414,7 @@ class _AudioCollector:
             return np.zeros(0, np.float32), 1.0
         if self.first_time is None:
             return np.zeros(self.n, np.float32), 0.0
-        for out in self.resampler.resample(None):  # flush what the resampler holds back
-            self.chunks.append(out.to_ndarray().reshape(-1))
+        self._take(self.resampler.resample(None))  # flush what the resampler holds back
         pcm = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
         offset = int(round((self.t0 - self.first_time) * self.sr))  # > 0: skip; < 0: audio starts late
         lead = max(0, -offset)
@@ -396,13 +431,94 @@ class _AudioCollector:
         return np.zeros(self.n, np.float32), 0.0
 
 
+def _h264_nal_length_size(stream) -> int | None:
+    """NAL length-prefix size of an H.264 stream (4 in mp4/mkv), 0 for Annex B start codes, None
+    if the stream is not H.264."""
+    ctx = stream.codec_context
+    if ctx is None or ctx.name != "h264":
+        return None
+    extradata = ctx.extradata
+    if extradata and len(extradata) >= 5 and extradata[0] == 1:  # avcC record
+        return (extradata[4] & 3) + 1
+    return 0
+
+
+def _h264_is_reference(packet, nal_length_size: int) -> bool | None:
+    """Whether the packet's picture is a reference (nal_ref_idc of its first slice), None if unknown."""
+    data = memoryview(packet)
+    if nal_length_size:
+        i, n = 0, len(data)
+        while i + nal_length_size < n:
+            size = int.from_bytes(data[i:i + nal_length_size], "big")
+            header = data[i + nal_length_size]
+            if header & 0x1F in (1, 5):  # coded slice (non-IDR, IDR)
+                return bool(header & 0x60)
+            i += nal_length_size + size
+        return None
+    raw = data.tobytes()
+    i = raw.find(b"\x00\x00\x01")
+    while 0 <= i < len(raw) - 3:
+        header = raw[i + 3]
+        if header & 0x1F in (1, 5):
+            return bool(header & 0x60)
+        i = raw.find(b"\x00\x00\x01", i + 3)
+    return None
+
+
+class _NonRefSkipper:
+    """Chooses, per video packet, whether the decoder may drop it if it is a non-reference frame.
+
+    A frame with pts p is shown at some target only if no later frame comes before that target. So
+    if a frame q > p is certain to be decoded and no target falls in [p, q), frame p is never chosen;
+    if it is also a non-reference frame, no other frame needs it, and the decoder may skip it
+    (`skip_frame="NONREF"`): less work, the same pixels in every frame we keep. With B-frames the
+    frames shown after a B-frame are demuxed before it, so q is known in time. For H.264 the
+    packet's NAL header says whether it is a reference, so the certainly-decoded set is exact and
+    q is usually the very next frame: about half the frames before the clip and a third inside it
+    are skipped in x264 streams. Other codecs get the conservative form (q only from packets sent
+    without skipping); a decoder that ignores skip_frame decodes everything.
+    """
+
+    def __init__(self, targets: np.ndarray, stream):
+        self.targets = targets
+        self.tb = _tb(stream.time_base)
+        self.nal_length_size = _h264_nal_length_size(stream)
+        self.decoded: list[float] = []  # sorted pts (seconds) of frames certain to be decoded
+
+    def _unneeded(self, p: float) -> bool:
+        k = bisect.bisect_right(self.decoded, p)
+        if k == len(self.decoded):
+            return False
+        q = self.decoded[k]
+        return bisect.bisect_left(self.targets, p - _EPS_S) == bisect.bisect_left(self.targets, q - _EPS_S)
+
+    def mode(self, packet) -> str:
+        if packet.pts is None or self.tb is None:
+            return "DEFAULT"
+        p = packet.pts * self.tb
+        if packet.is_keyframe:
+            is_ref = True
+        elif self.nal_length_size is not None:
+            is_ref = _h264_is_reference(packet, self.nal_length_size)
+        else:
+            is_ref = None
+        if is_ref is not True and self._unneeded(p):
+            return "NONREF"  # skipped if non-reference; if it is one after all it is decoded anyway
+        bisect.insort(self.decoded, p)  # a reference, or sent without skipping: decoded
+        return "DEFAULT"
+
+
 def _check_decodable(path: str, stream, kind: str) -> None:
     if stream.codec_context is None:
         raise MediaError(path, "unsupported_codec",
                          f"no decoder for {kind} stream #{stream.index} in this FFmpeg build")
 
 
-def _set_threads(stream, threads: int) -> None:
+def _set_threads(stream, threads: int | None) -> None:
+    if threads is None:
+        # Inside a DataLoader worker the other workers already use the cores (more threads only
+        # add memory and switching); in a single process, frame threading uses the idle ones.
+        threads = 1 if torch.utils.data.get_worker_info() is not None else 0
     if threads == 1:
         stream.thread_type = "SLICE"
         stream.codec_context.thread_count = 1
@@ -432,7 +548,7 @@ def _demux(container, streams, on_packet, errors: _DecodeErrors) -> bool:
 
 
 def _video_pass(path, container, targets_abs, audio_t0, num_audio, sample_rate, *, decode_audio,
-                short_side, max_pixels, threads, seek_s):
+                short_side, max_pixels, threads, seek_s, skip_nonref=True):
     """One seek + decode over the clip. Returns (video sampler, audio collector or None, errors)."""
     v = _video_stream(container)
     a = _audio_stream(container) if decode_audio else None
@@ -440,32 +556,39 @@ def _video_pass(path, container, targets_abs, audio_t0, num_audio, sample_rate, 
         a = None  # an undecodable audio track counts as no audio
     _set_threads(v, threads)
     rate = v.average_rate or v.guessed_rate
-    sampler = _VideoSampler(path, targets_abs, short_side, max_pixels, 1.0 / float(rate) if rate else 0.04)
-    audio = _AudioCollector(audio_t0, num_audio, sample_rate) if a is not None else None
+    sampler = _VideoSampler(path, targets_abs, short_side, max_pixels, 1.0 / float(rate) if rate else 0.04,
+                            v.time_base)
+    audio = _AudioCollector(audio_t0, num_audio, sample_rate, a.time_base) if a is not None else None
     errors = _DecodeErrors()
+    skipper = _NonRefSkipper(targets_abs, v) if skip_nonref else None
+    ctx = v.codec_context
     if seek_s is not None:
         _seek(container, v, seek_s)
 
     def on_packet(packet) -> bool:
         if packet.stream is v:
             if not sampler.done:
+                if skipper is not None:
+                    ctx.skip_frame = skipper.mode(packet)
                 for frame in errors.decode(packet):
                     sampler.feed(frame)
                     if sampler.done:
                         break
+                if seek_s is not None and sampler.seek_failed():
+                    return True  # the caller seeks again; decoding further is wasted
         elif audio is not None and not audio.done and audio.wants(packet):
             for frame in errors.decode(packet):
                 audio.feed(frame)
         return sampler.done and (audio is None or audio.done)
 
-    if _demux(container, [s for s in (v, a) if s is not None], on_packet, errors):
+    if _demux(container, [s for s in (v, a) if s is not None], on_packet, errors) and not sampler.seek_failed():
         sampler.finish()
     return sampler, audio, errors
 
 
 def _audio_pass(container, t0, num_samples, sample_rate, seek_s):
     a = _audio_stream(container)
-    audio = _AudioCollector(t0, num_samples, sample_rate)
+    audio = _AudioCollector(t0, num_samples, sample_rate, a.time_base)
     errors = _DecodeErrors()
     if seek_s is not None:
         _seek(container, a, seek_s)
@@ -506,7 +629,7 @@ def decode_clip(path: str | os.PathLike, start_s: float, num_frames: int = 32, f
                 audio_samples: int = 153600, sample_rate: int = REF_SAMPLE_RATE, *,
                 decode_video: bool = True, decode_audio: bool = True, short_side: int | None = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS, video_pad: str = "loop", audio_pad: str = "mask",
-                threads: int = 1) -> Clip:
+                threads: int | None = None) -> Clip:
     """Decode `num_frames` frames at `fps` and `audio_samples` samples at `sample_rate` from `start_s`.
 
     Defaults are the official pre-training clip: 32 frames at 10 fps (3.2 s) and 153 600 samples at
@@ -524,8 +647,8 @@ def decode_clip(path: str | os.PathLike, start_s: float, num_frames: int = 32, f
       audio_pad: what to do when the audio ends inside the span (or starts after it): "mask" (zeros,
         audio_mask=0, the official treatment of missing audio), "zeros" (real samples, then zeros;
         mask 1), "loop" (repeat the real samples, as DMVR pads sequences; mask 1).
-      threads: decoder threads. 1 (default) suits DataLoader workers, one per core; 0 lets FFmpeg
-        use every core (frame threading), which helps a single process.
+      threads: decoder threads; 0 lets FFmpeg use every core (frame threading). None (default): 1
+        inside a DataLoader worker process (the workers already share the cores), else 0.
 
     Raises MediaError with reason missing_file, unreadable, empty_file, corrupt, no_video_stream,
     unsupported_codec, too_large, too_short.
@@ -568,11 +691,13 @@ def decode_clip(path: str | os.PathLike, start_s: float, num_frames: int = 32, f
     if decode_video:
         targets = origin + start_s + np.arange(num_frames, dtype=np.float64) / fps
         v_start = _stream_start_s(v, origin) + origin
-        # Seek only when the clip starts after the stream does; retry earlier if the seek overshoots.
-        seeks = [targets[0]] + [targets[0] - b for b in _SEEK_BACKOFF_S]
-        seeks = [s for s in seeks if s > v_start + _EPS_S] + [None]
-        for i, seek_s in enumerate(seeks):
-            if i > 0:
+        # Seek only when the clip starts after the stream does. A seek can land after the clip start
+        # (imprecise index, open GOP) or on a "key frame" that does not decode on its own (FFmpeg
+        # flags it corrupt; seen in real files); then seek again to just before the frame we landed
+        # on, i.e. one key frame earlier, and after _MAX_SEEKS tries decode from the start.
+        seek_s = targets[0] if targets[0] > v_start + _EPS_S else None
+        for attempt in range(1, _MAX_SEEKS + 2):
+            if attempt > 1:
                 container.close()
                 container = _open(path)
             try:
@@ -583,9 +708,11 @@ def decode_clip(path: str | os.PathLike, start_s: float, num_frames: int = 32, f
             except BaseException:
                 container.close()
                 raise
-            overshot = sampler.first_time is not None and sampler.first_time > targets[0] + _EPS_S
-            if not overshot or seek_s is None:
+            if seek_s is None or not sampler.seek_failed():
                 break
+            seek_s = min(seek_s, sampler.first_time) - 1e-3
+            if attempt >= _MAX_SEEKS or seek_s <= v_start + _EPS_S:
+                seek_s = None
         num_valid = int((sampler.picked >= 0).sum())
         if num_valid == 0:
             container.close()

@@ -234,6 +234,12 @@ def three_crop(x: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
 def normalize_frames(x: torch.Tensor) -> torch.Tensor:
     """0..255 pixel values -> float32 in [-1, 1] via x * 2/255 - 1 (DMVR `normalize_image`,
     `zero_centering_image=True`; no mean/std). A float input is taken to be on the 0..255 scale."""
+    if x.dtype == torch.uint8 and x.device.type == "cpu":
+        # Same float32 arithmetic through numpy, about twice as fast on a full clip: numpy asks for
+        # huge pages for large buffers, so the fresh 4-byte-per-pixel output (88 MB for 32 frames of
+        # 640x360) costs far fewer page faults than torch's allocation.
+        y = np.multiply(x.numpy(), np.float32(2.0 / 255.0), dtype=np.float32)
+        return torch.from_numpy(np.subtract(y, np.float32(1.0), out=y))
     y = x.to(torch.float32)
     if y is x:
         y = y.clone()  # never modify the caller's tensor in place
