@@ -349,7 +349,8 @@ def test_truncated_faststart_file(tmp_path):
     cut = tmp_path / "fs_cut.mp4"
     cut.write_bytes(data[: len(data) // 2])
     clip = decode_clip(cut, 0.0, num_frames=8, decode_audio=False)
-    assert [read_index(f) for f in clip.frames.numpy()] == expected_indices([0.04 * i for i in range(250)], 0.0, 8, 10.0)
+    pts = [0.04 * i for i in range(250)]
+    assert [read_index(f) for f in clip.frames.numpy()] == expected_indices(pts, 0.0, 8, 10.0)
     assert reason_of(decode_clip, cut, 8.0, decode_audio=False) == "corrupt"
 
 

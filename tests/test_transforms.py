@@ -332,11 +332,16 @@ def test_mixup_beta_5_5_mixes_waveforms_and_labels():
     mx2, ml2 = T.mixup(x, labels, gen(16))
     assert torch.equal(mx, mx2) and torch.equal(ml, ml2)
     torch.testing.assert_close(ml.sum(dim=1), torch.ones(b))
-    # Recover lambda from labels of pairs with different classes; Beta(5, 5): mean 0.5, var 1/44.
-    lam = ml.max(dim=1).values
+    # Each example keeps weight lambda on its own class (partners of another class show it exactly);
+    # Beta(5, 5): mean 0.5, variance 1/44.
     own = ml[torch.arange(b), torch.arange(b) % 10]
-    mixed_pairs = own < 1
-    lam = own[mixed_pairs]
+    lam = own[own < 1]
     assert lam.min() > 0 and lam.max() < 1
     assert lam.mean().item() == pytest.approx(0.5, abs=0.02)
     assert lam.var().item() == pytest.approx(1 / 44, rel=0.15)
+    # The waveforms mix with the same lambda and partner: x_i = i, so the partner index comes back.
+    rows = torch.nonzero(own < 1).squeeze(1)
+    partner = (mx[rows, 0] - own[rows] * rows) / (1 - own[rows])
+    assert torch.allclose(partner, partner.round(), atol=0.05)
+    partner_class = partner.round().long() % 10
+    torch.testing.assert_close(ml[rows, partner_class], 1 - own[rows])
