@@ -12,7 +12,9 @@ temporary folder, then measures clips per second for a random 3.2 s clip (32 fra
 
 with 1 and 2 DataLoader worker processes (decoders single-threaded, as decode_clip runs in workers),
 and the cost of one clip against its position in the file. Workers return a checksum, not the frames,
-so the figures are decoding cost, not inter-process copies.
+so the figures are decoding cost, not inter-process copies. On a shared machine wall-clock figures
+move with other load; the paired ratios (A and B timed back to back on each clip, wall and CPU time)
+are the ones to compare.
 
     python bench/decode.py                         # full run, a few minutes on 2 cores
     python bench/decode.py --minutes 1 --clips 12  # quick run
@@ -229,8 +231,9 @@ def clips_per_s(fn, path, starts, workers: int, **kwargs) -> float:
 
 
 class _Paired(Dataset):
-    """Each item times method A and method B on the same clip, in alternating order, so load from
-    anything else on the machine hits both alike."""
+    """Each item times method A and method B on the same clip, back to back in alternating order, so
+    load from anything else on the machine hits both alike. Wall and CPU time (all threads of the
+    worker process) are both kept: CPU time is the cost, and hardly moves with other load."""
 
     def __init__(self, path, starts, a, b):
         self.path, self.starts, self.a, self.b = path, starts, a, b
@@ -241,20 +244,22 @@ class _Paired(Dataset):
     def __getitem__(self, i):
         times = {}
         for name, (fn, kwargs) in (("a", self.a), ("b", self.b))[:: 1 if i % 2 == 0 else -1]:
-            t = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn(self.path, self.starts[i], **kwargs)
-            times[name] = time.perf_counter() - t
-        return times["a"], times["b"]
+            times[name] = (time.perf_counter() - wall, time.process_time() - cpu)
+        return times["a"] + times["b"]
 
 
-def paired_ratio(path, starts, workers: int, a, b) -> float:
-    """Total time of A over total time of B, the two timed back to back on each clip."""
+def paired(path, starts, workers: int, a, b) -> dict[str, float]:
+    """Totals over the clips: wall and CPU time ratios A/B, and mean CPU ms per clip of each."""
     loader = DataLoader(_Paired(path, starts, a, b), batch_size=None, num_workers=workers,
                         prefetch_factor=2 if workers else None)
-    ta = tb = 0.0
-    for x, y in loader:
-        ta, tb = ta + float(x), tb + float(y)
-    return ta / tb
+    tot = np.zeros(4)
+    for item in loader:
+        tot += np.array([float(t) for t in item])
+    n = len(starts)
+    return {"wall": tot[0] / tot[2], "cpu": tot[1] / tot[3], "cpu_a_ms": 1000 * tot[1] / n,
+            "cpu_b_ms": 1000 * tot[3] / n}
 
 
 def ms_per_clip(fn, path, starts, **kwargs) -> float:
@@ -269,7 +274,7 @@ def ms_per_clip(fn, path, starts, **kwargs) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the test video")
-    parser.add_argument("--clips", type=int, default=32, help="random clips per throughput figure")
+    parser.add_argument("--clips", type=int, default=24, help="random clips per throughput figure")
     parser.add_argument("--repeats", type=int, default=1, help="runs per throughput figure (best is kept)")
     parser.add_argument("--from-start-clips", type=int, default=4,
                         help="clips for (c), which costs seconds per clip late in a long file")
@@ -325,16 +330,17 @@ def main() -> int:
                                          for _ in range(args.repeats))
             print(f"{label:52s} {rate[key, 1]:>9.2f} {rate[key, 2]:>9.2f}", flush=True)
 
-        print("\ntime ratios, same run: from the throughputs above | paired (A and B timed back to back"
-              " on each clip)")
-        print(f"{'':14s} {'1 worker':>9} {'2 workers':>9} | {'1 worker':>9} {'2 workers':>9}")
+        print("\ntime ratios A/B, same run: from the throughputs above | paired: A and B timed back to back on"
+              " each clip (wall, and CPU time = the cost)")
+        print(f"{'':9s} {'thr 1w':>7} {'thr 2w':>7} | {'wall 1w':>7} {'wall 2w':>7} {'cpu 1w':>7} {'cpu 2w':>7}"
+              f"   CPU ms/clip A, B (1 worker)")
         for num, den in (("a", "b"), ("a1", "b"), ("a2", "b"), ("a+", "b+"), ("a", "b0"), ("c", "a")):
-            paired = ["-", "-"]
+            line = f"{num + '/' + den:9s} {rate[den, 1] / rate[num, 1]:>7.3f} {rate[den, 2] / rate[num, 2]:>7.3f}"
             if num != "c":
-                paired = [f"{paired_ratio(path, starts, w, methods[num][1:], methods[den][1:]):.3f}"
-                          for w in (1, 2)]
-            print(f"{num + ' / ' + den:14s} {rate[den, 1] / rate[num, 1]:>9.3f} "
-                  f"{rate[den, 2] / rate[num, 2]:>9.3f} | {paired[0]:>9} {paired[1]:>9}", flush=True)
+                p1, p2 = (paired(path, starts, w, methods[num][1:], methods[den][1:]) for w in (1, 2))
+                line += (f" | {p1['wall']:>7.3f} {p2['wall']:>7.3f} {p1['cpu']:>7.3f} {p2['cpu']:>7.3f}"
+                         f"   {p1['cpu_a_ms']:.0f}, {p1['cpu_b_ms']:.0f}")
+            print(line, flush=True)
 
         one = clips_per_s(ours, path, starts, 0, threads=0)
         one_st = clips_per_s(ours, path, starts, 0, threads=1)
