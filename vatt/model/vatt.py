@@ -49,6 +49,21 @@ class _MultimodalModel(nn.Module):
             out.text_vt = self.head.text(out.text.features_pooled)
         return out
 
+    def embed_video(self, videos, **kwargs):
+        """Pooled features and va/vt embeddings of video files or a `[B, T, H, W, 3]` tensor (`vatt.embed`)."""
+        from vatt.embed import embed_video
+        return embed_video(self, videos, **kwargs)
+
+    def embed_audio(self, audio, **kwargs):
+        """Pooled features and va embeddings of audio/video files or a `[B, N]` waveform tensor (`vatt.embed`)."""
+        from vatt.embed import embed_audio
+        return embed_audio(self, audio, **kwargs)
+
+    def embed_text(self, captions, **kwargs):
+        """Pooled features and vt embeddings of captions, tokenized with `self.tokenizer` (`vatt.embed`)."""
+        from vatt.embed import embed_text
+        return embed_text(self, captions, **kwargs)
+
 
 class VATT(_MultimodalModel):
     """Modality-specific VATT (`tx_fac`): ViT + WaT/SpT + T5 backbones and the FAC head."""

@@ -1,0 +1,195 @@
+"""vatt.embed: embeddings of tensors, files and captions; windows; bad files; the .npz/.csv round trip."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vatt
+from vatt.data import decoding, transforms
+from vatt.data.errors import MediaError
+from vatt.data.sample_data import write_sample_dataset
+from vatt.data.text import WordTokenizer
+from vatt.embed import (clip_spec, embed_files, embed_text, embedding_arrays, list_media, read_embeddings,
+                        read_manifest_entries, write_embeddings)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing (CI must have ../shared beside the clone)")
+        pytest.skip(f"{path} not available")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    write_sample_dataset(out, num_clips=6, seed=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = vatt.build_model("tx_fac_tiny").eval()
+    model.tokenizer = WordTokenizer.build(["a red ball moving up", "the blue square"], max_size=1024)
+    return model
+
+
+def test_clip_spec_follows_the_model_config():
+    official = clip_spec(vatt.get_preset("tx_fac_bbs"))
+    assert (official.num_frames, official.size, official.audio_samples, official.sample_rate) == (32, 224, 153600, 48000)
+    assert official.fps == 10.0 and official.video_seconds == pytest.approx(3.2) == official.audio_seconds
+    tiny = clip_spec(vatt.get_preset("tx_fac_tiny"))
+    assert (tiny.num_frames, tiny.size, tiny.audio_samples, tiny.sample_rate) == (8, 64, 25600, 8000)
+    ut = clip_spec(vatt.get_preset("ut_fac_medium"), fps=12.5)
+    assert (ut.num_frames, ut.size, ut.audio_samples, ut.fps) == (32, 224, 153600, 12.5)
+    audio_only = clip_spec(vatt.get_preset("wat_tiny_classifier"))
+    assert audio_only.num_frames is None and audio_only.audio_samples == 25600
+
+
+def test_tensor_embeddings_are_the_model_outputs(tiny):
+    video = torch.rand(3, 8, 64, 64, 3) * 2 - 1
+    audio = torch.randn(2, 25600) * 0.1
+    ids = torch.randint(4, 1000, (4, 16))
+    with torch.no_grad():
+        ref = tiny(video=video, audio=audio, text=ids)
+    v = tiny.embed_video(video, batch_size=2)  # batched in two passes
+    a = tiny.embed_audio(audio)
+    t = tiny.embed_text(ids)
+    torch.testing.assert_close(v.features, ref.video.features_pooled)
+    torch.testing.assert_close(v.va, ref.video_va)
+    torch.testing.assert_close(v.vt, ref.video_vt)
+    torch.testing.assert_close(a.features, ref.audio.features_pooled)
+    torch.testing.assert_close(a.va, ref.audio_va)
+    torch.testing.assert_close(t.vt, ref.text_vt)
+    assert a.vt is None and t.va is None
+
+
+def test_embedding_restores_training_mode(tiny):
+    tiny.train()
+    tiny.embed_video(torch.zeros(1, 8, 64, 64, 3))
+    assert tiny.training
+    tiny.eval()
+
+
+def test_text_from_strings_uses_the_model_tokenizer(tiny):
+    out = tiny.embed_text(["a red ball moving up", "the blue square"])
+    direct = tiny.embed_text(tiny.tokenizer.encode(["a red ball moving up", "the blue square"]))
+    torch.testing.assert_close(out.vt, direct.vt)
+    assert out.texts == ["a red ball moving up", "the blue square"]
+    bare = vatt.build_model("tx_fac_tiny")
+    bare.tokenizer = None
+    with pytest.raises(ValueError, match="no word tokenizer"):
+        embed_text(bare, ["words"])
+
+
+def test_file_windows_are_the_official_ones(tiny, sample):
+    paths = sorted(str(p) for p in (sample / "videos").glob("*.mp4"))[:2]
+    one = embed_files(tiny, paths, num_windows=1)
+    four = embed_files(tiny, paths, num_windows=4)
+    spec = one.spec
+    duration = decoding.probe(paths[0]).duration_s
+    # one window: the middle one; four: linearly spaced from 0 to the end
+    assert one.start_s[0, 0].item() == pytest.approx((duration - spec.video_seconds) / 2)
+    np.testing.assert_allclose(four.start_s[0].numpy(), np.linspace(0, duration - spec.video_seconds, 4))
+    assert four.video.features.shape == (2, 4, 64) and four.video.vt.shape == (2, 4, 256)
+    assert four.audio.va.shape == (2, 4, 512) and bool(four.has_audio.all()) and bool(four.has_video.all())
+    # a window's embedding is the model's output on that decoded, centre-cropped window
+    start = four.start_s[1, 2].item()
+    clip = decoding.decode_clip(paths[1], start, spec.num_frames, spec.fps, spec.audio_samples, spec.sample_rate,
+                                audio_pad="loop")
+    with torch.no_grad():
+        ref = tiny(video=transforms.eval_video_transform(clip.frames, spec.size)[None], audio=clip.audio[None])
+    torch.testing.assert_close(four.video.vt[1, 2], ref.video_vt[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(four.audio.va[1, 2], ref.audio_va[0], atol=1e-5, rtol=1e-4)
+    # the model methods squeeze the window axis for one window
+    v = tiny.embed_video(paths, num_windows=1)
+    assert v.features.shape == (2, 64) and v.start_s.shape == (2, 1)
+    torch.testing.assert_close(v.features, one.video.features[:, 0])
+
+
+def test_audio_files_need_no_video_and_no_captions(tiny):
+    wav = shared_path("fsdd", "recordings", "3_theo_0.wav")
+    out = embed_files(tiny, [str(wav)])
+    assert out.video is None and bool(out.has_audio.all()) and out.audio_mask.item() == 1.0
+    a = tiny.embed_audio([str(wav)])
+    assert a.features.shape == (1, 64) and a.va.shape == (1, 512)
+    with pytest.raises(MediaError, match="no_video_stream"):
+        tiny.embed_video([str(wav)])
+
+
+def test_bad_files_name_file_and_reason_or_are_skipped(tiny, sample, tmp_path):
+    good = str(sorted((sample / "videos").glob("*.mp4"))[0])
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(MediaError) as err:
+        embed_files(tiny, [good, str(empty)])
+    assert str(empty) in str(err.value) and err.value.reason == "empty_file"
+    out = embed_files(tiny, [good, str(empty), str(broken), str(tmp_path / "missing.mp4")], skip_bad=True)
+    assert out.paths == [good]
+    assert sorted(e.reason for e in out.errors) == ["corrupt", "empty_file", "missing_file"]
+
+
+def test_npz_and_csv_round_trip(tiny, sample, tmp_path):
+    entries = read_manifest_entries(sample / "manifest.csv")
+    files = embed_files(tiny, [e.path for e in entries[:3]], entries=entries[:3], num_windows=2)
+    captions = [c for e in files.entries for c in e.captions]
+    text = tiny.embed_text(captions)
+    written = write_embeddings(tmp_path / "emb.npz", files, text, text_clip=[0, 1, 2], meta={"model": "tiny"})
+    assert [p.name for p in written] == ["emb.npz", "emb.csv", "emb.text.csv"]
+    back = read_embeddings(tmp_path / "emb.npz")
+    expected = embedding_arrays(files, text, text_clip=[0, 1, 2])
+    for key in ("video_features", "video_va", "video_vt", "audio_features", "audio_va", "text_vt", "start_s"):
+        np.testing.assert_array_equal(back[key], expected[key])
+    np.testing.assert_array_equal(back["video_vt"].reshape(3, 2, -1), files.video.vt.numpy())
+    assert back["path"].dtype.kind == "U" and list(back["path"][::2]) == files.paths  # no pickle needed
+    assert back["meta"]["model"] == "tiny" and back["meta"]["num_windows"] == 2
+    with open(tmp_path / "emb.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and rows[3]["path"] == files.paths[1] and rows[3]["window"] == "1"
+    assert float(rows[3]["start_s"]) == pytest.approx(files.start_s[1, 1].item(), rel=1e-5)
+    assert rows[0]["label"] == entries[0].fields["label"]  # manifest columns travel along
+    with open(tmp_path / "emb.text.csv", newline="") as f:
+        assert [r["text"] for r in csv.DictReader(f)] == captions
+
+
+def test_media_lists_from_folders_and_manifests(sample):
+    folder = list_media([sample / "videos"])
+    assert len(folder) == 6 and all(e.path.endswith(".mp4") for e in folder)
+    test_rows = list_media([sample / "manifest.csv"], where={"split": "test"})
+    assert all(e.fields["split"] == "test" for e in test_rows) and test_rows[0].captions
+    real = read_manifest_entries(shared_path("real-video-clips", "clips.csv"))  # `filename` column
+    assert len(real) == 8 and all(Path(e.path).is_file() for e in real) and all(e.captions for e in real)
+
+
+def test_real_clips_are_embedded_without_error(tiny, tmp_path):
+    clips = sorted(shared_path("real-video-clips").glob("*.mp4"))
+    out = embed_files(tiny, clips, num_windows=2, num_workers=2)
+    assert len(out) == len(clips) == 8 and not out.errors
+    assert bool(torch.isfinite(out.video.features).all()) and bool(out.has_video.all())
+    # clips without an audio stream have no audio rows; the others do
+    has_stream = [decoding.probe(p).has_audio for p in clips]
+    assert out.has_audio.tolist() == has_stream
+    assert bool(torch.isnan(out.audio.va[~out.has_audio]).all()) and bool(torch.isfinite(out.audio.va[out.has_audio]).all())
+    written = write_embeddings(tmp_path / "real.npz", out)
+    assert read_embeddings(written[0])["video_vt"].shape == (16, 256)

@@ -1,0 +1,231 @@
+"""The downstream commands end to end: `vatt embed`, `vatt eval retrieval`, `vatt eval linear-probe`,
+`vatt visualize`, on tiny models, the sample dataset and (when present) ../shared/data."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vatt
+from vatt.cli import main
+from vatt.commands.evaluate import retrieval_from_arrays
+from vatt.data.sample_data import write_sample_dataset
+from vatt.data.text import WordTokenizer
+from vatt.embed import read_embeddings
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing (CI must have ../shared beside the clone)")
+        pytest.skip(f"{path} not available")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    write_sample_dataset(out, num_clips=20, seed=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, sample):
+    """A random tx_fac_tiny saved with a vocabulary built from the sample captions."""
+    torch.manual_seed(0)
+    with open(sample / "manifest.csv", newline="") as f:
+        captions = [r["caption"] for r in csv.DictReader(f)]
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    vatt.save(vatt.build_model("tx_fac_tiny"), folder, tokenizer=WordTokenizer.build(captions, max_size=1024))
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------------
+# Retrieval with a known answer
+# ------------------------------------------------------------------------------------------------------
+
+def _known_arrays(n=6, w=4, d=8, seed=0):
+    """Embedding arrays (the `vatt embed` layout) where clip i's windows, its captions and its audio all
+    point the same way: every direction must give R@1 = 1."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, d))
+    windows = base[:, None, :] * rng.uniform(0.5, 2.0, (n, w, 1))  # same direction, other lengths
+    text_clip = np.array([0, 1, 1, 2, 3, 4, 5, -1])  # clip 1 has two captions; the last one is free text
+    text = base[np.clip(text_clip, 0, None)] * 3.0
+    return {
+        "clip": np.repeat(np.arange(n), w), "has_video": np.ones(n * w, bool), "has_audio": np.ones(n * w, bool),
+        "audio_mask": np.ones(n * w, np.float32), "video_vt": windows.reshape(n * w, d),
+        "video_va": windows.reshape(n * w, d), "audio_va": (windows * 0.5).reshape(n * w, d),
+        "text_vt": text, "text_clip": text_clip, "text": np.array([f"caption {i}" for i in range(8)]),
+        "meta": {"num_windows": w},
+    }
+
+
+def test_retrieval_of_identical_embeddings_is_perfect():
+    results, notes = retrieval_from_arrays(_known_arrays(), split="known")
+    assert {(r.protocol.direction, r.protocol.mode) for r in results} == {
+        (d, m) for d in ("text->video", "video->text", "audio->video") for m in ("embd", "cosine")}
+    for r in results:
+        assert r.metrics["R@1"] == 1.0 and r.metrics["MedR"] == 1.0, r.protocol
+        assert r.protocol.num_windows == 4
+    t2v = next(r for r in results if r.protocol.direction == "text->video")
+    assert t2v.protocol.num_queries == 7 and t2v.protocol.captions_per_video == pytest.approx(7 / 6)
+    assert notes["num_text_videos"] == 6 and notes["skipped_directions"] == {}
+
+
+def test_retrieval_ranks_a_swapped_pair_second():
+    arrays = _known_arrays()
+    arrays["text_vt"][[0, 3]] = arrays["text_vt"][[3, 0]]  # captions of clips 0 and 2 swapped
+    results, _ = retrieval_from_arrays(arrays, directions=("text->video",), modes=("embd",))
+    ranks = results[0].ranks
+    assert ranks[0] > 1 and ranks[3] > 1 and all(ranks[[1, 2, 4, 5, 6]] == 1)
+
+
+def test_retrieval_skips_what_the_data_lacks_and_says_why():
+    arrays = _known_arrays()
+    arrays["has_audio"][:] = False
+    results, notes = retrieval_from_arrays(arrays)
+    assert "audio->video" in notes["skipped_directions"]
+    assert {r.protocol.direction for r in results} == {"text->video", "video->text"}
+    with pytest.raises(ValueError, match="audio->video"):
+        retrieval_from_arrays(arrays, directions=("audio->video",), strict=True)
+
+
+def test_cli_retrieval_from_an_embeddings_file(tmp_path, capsys):
+    arrays = _known_arrays()
+    np.savez(tmp_path / "known.npz", **{**arrays, "meta": np.array(json.dumps(arrays["meta"]))})
+    assert main(["eval", "retrieval", "--embeddings", str(tmp_path / "known.npz"), "--out", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "text->video" in out and "100.0" in out and "pessimistic ties" in out
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert all(r["metrics"]["R@1"] == 1.0 for r in record["results"]) and len(record["results"]) == 6
+    assert record["protocol"]["num_windows"] == 4 and record["results"][0]["protocol"]["num_windows"] == 4
+
+
+# ------------------------------------------------------------------------------------------------------
+# Commands on real files
+# ------------------------------------------------------------------------------------------------------
+
+def test_cli_retrieval_on_the_sample_dataset(tiny_dir, sample, tmp_path, capsys):
+    out = tmp_path / "ret.json"
+    assert main(["eval", "retrieval", str(tiny_dir), str(sample / "manifest.csv"), "--where", "split=test",
+                 "--workers", "0", "--out", str(out), "--save-embeddings", str(tmp_path / "emb.npz")]) == 0
+    printed = capsys.readouterr().out
+    assert "4 window(s) per clip (linspace)" in printed and "8 frames at 12.5 fps" in printed
+    record = json.loads(out.read_text())
+    protocol = record["protocol"]
+    assert protocol["num_windows"] == 4 and protocol["num_clips"] == 4 and protocol["where"] == {"split": ["test"]}
+    assert {(r["protocol"]["direction"], r["protocol"]["mode"]) for r in record["results"]} == {
+        (d, m) for d in ("text->video", "video->text", "audio->video") for m in ("embd", "cosine")}
+    assert all(r["protocol"]["captions_per_video"] == 1 for r in record["results"])
+    saved = read_embeddings(tmp_path / "emb.npz")
+    assert saved["video_vt"].shape == (16, 256) and saved["text_vt"].shape == (4, 256)
+    # the scores recomputed from the saved embeddings are the same
+    assert main(["eval", "retrieval", "--embeddings", str(tmp_path / "emb.npz"), "--out", str(tmp_path / "r2.json")]) == 0
+    again = json.loads((tmp_path / "r2.json").read_text())
+    assert [r["metrics"] for r in again["results"]] == [r["metrics"] for r in record["results"]]
+
+
+def test_cli_embed_files_folders_and_text(tiny_dir, sample, tmp_path, capsys):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 500)
+    args = ["embed", str(tiny_dir), str(sample / "videos"), "--text", "a red ball", "--windows", "2",
+            "--workers", "0", "--out", str(tmp_path / "emb.npz")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "video" in printed and "audio" in printed and "text" in printed
+    arrays = read_embeddings(tmp_path / "emb.npz")
+    assert arrays["video_vt"].shape == (40, 256) and arrays["audio_va"].shape == (40, 512)
+    assert list(arrays["text"]) == ["a red ball"] and arrays["text_clip"].tolist() == [-1]
+    summary = json.loads((tmp_path / "emb.json").read_text())
+    assert summary["num_files"] == 20 and summary["windows"] == 2 and summary["spec"]["num_frames"] == 8
+    # a broken file: a clear error naming it, or skipped and listed with --skip-bad
+    assert main(["embed", str(tiny_dir), str(broken), "--workers", "0", "--out", str(tmp_path / "b.npz")]) == 2
+    assert str(broken) in capsys.readouterr().err
+    assert main(["embed", str(tiny_dir), str(broken), str(sample / "videos" / "clip_00000.mp4"), "--skip-bad",
+                 "--workers", "0", "--out", str(tmp_path / "c.npz")]) == 0
+    assert "1 file(s) skipped" in capsys.readouterr().out
+    assert json.loads((tmp_path / "c.json").read_text())["skipped_files"][0].startswith(str(broken))
+
+
+def test_cli_embed_audio_only_needs_no_captions(tmp_path):
+    torch.manual_seed(0)
+    vatt.save(vatt.build_model("wat_tiny_classifier"), tmp_path / "wat")
+    wavs = sorted(shared_path("fsdd", "recordings").glob("7_*_1.wav"))
+    assert main(["embed", str(tmp_path / "wat"), *map(str, wavs), "--workers", "0", "--out", str(tmp_path / "a.npz")]) == 0
+    arrays = read_embeddings(tmp_path / "a.npz")
+    assert arrays["audio_features"].shape == (len(wavs), 64) and "audio_logits" in arrays and "video_features" not in arrays
+
+
+def test_cli_linear_probe_on_sample_audio(tiny_dir, sample, tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    assert main(["eval", "linear-probe", str(tiny_dir), str(sample / "manifest.csv"), "--modality", "audio",
+                 "--path-column", "video", "--label-column", "colour", "--split-column", "split", "--epochs", "20",
+                 "--workers", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "official" in printed and "logistic" in printed and "mean softmax over 4 windows" in printed
+    record = json.loads(out.read_text())
+    assert record["protocol"]["test_windows"] == 4 and record["protocol"]["input"]["sample_rate"] == 8000
+    for name in ("official", "logistic"):
+        r = record["results"][name]
+        assert r["protocol"]["num_train"] == [16] and r["protocol"]["num_test"] == [4]
+        assert r["protocol"]["num_windows_test"] == 4 and 0.0 <= r["mean"]["top1"] <= 1.0
+    assert record["results"]["official"]["protocol"]["config"]["epochs"] == 20
+
+
+def test_cli_linear_probe_on_fsdd_folds(tmp_path, capsys):
+    fsdd = shared_path("fsdd")
+    torch.manual_seed(0)
+    vatt.save(vatt.build_model("wat_tiny_classifier"), tmp_path / "wat")
+    # one speaker, takes as folds: the leave-one-fold-out protocol of ESC-50 on real speech
+    rows = list(csv.DictReader(open(fsdd / "labels.csv", newline="")))
+    with open(tmp_path / "theo.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "fold"])
+        for r in rows:
+            if r["speaker"] == "theo" and int(r["take"]) < 12:
+                writer.writerow([str(fsdd / "recordings" / r["filename"]), r["digit"], int(r["take"]) % 3])
+    assert main(["eval", "linear-probe", str(tmp_path / "wat"), str(tmp_path / "theo.csv"), "--fold-column", "fold",
+                 "--classifier", "logistic", "--workers", "0", "--windows", "2", "--out", str(tmp_path / "p.json")]) == 0
+    record = json.loads((tmp_path / "p.json").read_text())
+    r = record["results"]["logistic"]
+    assert r["split_names"] == ["fold=0", "fold=1", "fold=2"] and r["protocol"]["num_test"] == [40, 40, 40]
+    assert r["mean"]["top1"] == pytest.approx(np.mean([s["top1"] for s in r["per_split"]]))
+
+
+def test_cli_visualize_features_and_similarity(tiny_dir, sample, tmp_path, capsys):
+    assert main(["visualize", "features", str(tiny_dir), str(sample / "manifest.csv"), "--label-column", "colour",
+                 "--workers", "0", "--out", str(tmp_path / "f")]) == 0
+    record = json.loads((tmp_path / "f" / "visualize.json").read_text())
+    assert record["num_points"] == 20 and record["modality"] == "video" and len(record["files"]) == 2
+    from PIL import Image
+    assert all(Image.open(p).size == (800, 800) for p in record["files"])
+    assert main(["visualize", "similarity", str(tiny_dir), str(sample / "manifest.csv"), "--windows", "2",
+                 "--workers", "0", "--out", str(tmp_path / "s")]) == 0
+    record = json.loads((tmp_path / "s" / "visualize.json").read_text())
+    assert record["num_queries"] == record["num_items"] == 20 and Path(record["file"]).is_file()
+    # from an embeddings file, coloured by a manifest column of its index
+    assert main(["embed", str(tiny_dir), str(sample / "manifest.csv"), "--workers", "0",
+                 "--out", str(tmp_path / "e.npz")]) == 0
+    assert main(["visualize", "features", "--embeddings", str(tmp_path / "e.npz"), "--label-column", "motion",
+                 "--space", "vt", "--methods", "pca", "--out", str(tmp_path / "g")]) == 0
+    record = json.loads((tmp_path / "g" / "visualize.json").read_text())
+    assert record["space"] == "vt" and record["num_classes"] == len({r["motion"] for r in csv.DictReader(
+        open(sample / "manifest.csv", newline=""))})
+    assert main(["visualize", "similarity", "--embeddings", str(tmp_path / "e.npz"), "--out", str(tmp_path / "h")]) == 0

@@ -1,0 +1,389 @@
+"""vatt.finetune: official losses and optimiser, weight initialisation, multi-view scoring, the loop (learning,
+resume, best model), image and multi-label tasks, the configs and the `vatt finetune` command."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+import vatt
+from vatt.cli import main
+from vatt.data.datasets import ClassificationDataset, sample_generator
+from vatt.data.sample_data import write_sample_dataset
+from vatt.finetune.config import ConfigError, load_config
+from vatt.finetune.evaluate import classification_metrics, predict
+from vatt.finetune.losses import (cross_entropy_on_probabilities, label_frequency_weights, sigmoid_cross_entropy,
+                                  smooth_labels)
+from vatt.finetune.loop import finetune
+from vatt.finetune.optim import KerasSGD
+from vatt.finetune.weights import init_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Losses
+# ------------------------------------------------------------------------------------------------------
+
+def test_loss_on_probabilities_is_smoothed_cross_entropy_for_moderate_logits():
+    logits = torch.randn(6, 5) * 2
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    targets = smooth_labels(F.one_hot(labels, 5).float(), 0.1)
+    assert torch.allclose(targets.sum(1), torch.ones(6))
+    assert targets[0, 0].item() == pytest.approx(0.9 + 0.1 / 5)
+    ours = cross_entropy_on_probabilities(logits, targets)
+    torch.testing.assert_close(ours, F.cross_entropy(logits, labels, label_smoothing=0.1), atol=1e-5, rtol=1e-5)
+
+
+def test_loss_on_probabilities_clips_like_keras():
+    # A class far below 1e-7 contributes log(1e-7) and no gradient (Keras clips probabilities).
+    logits = torch.tensor([[30.0, 0.0, -30.0]], requires_grad=True)
+    targets = torch.tensor([[0.0, 0.0, 1.0]])
+    loss = cross_entropy_on_probabilities(logits, targets)
+    assert loss.item() == pytest.approx(-math.log(1e-7), rel=1e-4)
+    loss.backward()
+    assert logits.grad.abs().max().item() < 1e-6  # F.cross_entropy would give a gradient of ~1 here
+
+
+def test_label_frequency_weights_by_hand():
+    y = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0]])
+    # counts: class0 2, class1 1, class2 1
+    expected = torch.tensor([0.5, (0.5 + 1.0) / 2, 1.0, 0.0])
+    torch.testing.assert_close(label_frequency_weights(y), expected)
+    logits = torch.randn(4, 3)
+    per_class = -(y * F.logsigmoid(logits) + (1 - y) * F.logsigmoid(-logits))
+    torch.testing.assert_close(sigmoid_cross_entropy(logits, y), (per_class * expected[:, None]).sum(1).mean())
+    torch.testing.assert_close(sigmoid_cross_entropy(logits, y, label_frequency_weighting=False),
+                               per_class.sum(1).mean())
+
+
+def test_keras_sgd_folds_the_rate_into_the_velocity():
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = KerasSGD([w], lr=0.1, momentum=0.9)
+    grads, rates = [1.0, 2.0, -1.0], [0.1, 0.2, 0.05]
+    v, ref = 0.0, 1.0
+    for g, lr in zip(grads, rates):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        w.grad = torch.tensor([g])
+        opt.step()
+        v = 0.9 * v - lr * g  # Keras: accum = m * accum - lr * g; var += accum
+        ref += v
+    assert w.item() == pytest.approx(ref, abs=1e-6)
+    torch_w = torch.nn.Parameter(torch.tensor([1.0]))
+    torch_opt = torch.optim.SGD([torch_w], lr=0.1, momentum=0.9)
+    for g, lr in zip(grads, rates):
+        torch_opt.param_groups[0]["lr"] = lr
+        torch_w.grad = torch.tensor([g])
+        torch_opt.step()
+    assert abs(torch_w.item() - ref) > 1e-3  # torch rescales old gradients by today's rate
+
+
+# ------------------------------------------------------------------------------------------------------
+# Weights
+# ------------------------------------------------------------------------------------------------------
+
+def test_classifier_from_tx_fac_takes_its_backbone(tmp_path):
+    torch.manual_seed(1)
+    pre = vatt.build_model("tx_fac_tiny")
+    vatt.save(pre, tmp_path / "pre")
+    clf = vatt.build_model("vit_tiny_classifier")
+    head_before = clf.head.classification.weight.clone()
+    report = init_classifier(clf, tmp_path / "pre")
+    for name, value in clf.backbone.state_dict().items():
+        torch.testing.assert_close(value, pre.video_backbone.state_dict()[name])
+    torch.testing.assert_close(clf.head.classification.weight, head_before)
+    assert report.kind == "tx_fac" and report.left_at_init == ["head.classification.weight", "head.classification.bias"]
+    audio = vatt.build_model("wat_tiny_classifier")
+    init_classifier(audio, tmp_path / "pre")
+    torch.testing.assert_close(audio.backbone.agg_token, pre.audio_backbone.agg_token)
+
+
+def test_classifier_from_ut_fac_needs_and_uses_the_projections(tmp_path):
+    torch.manual_seed(2)
+    pre = vatt.build_model("ut_fac_tiny")
+    vatt.save(pre, tmp_path / "ut")
+    with pytest.raises(ValueError, match="pre_projection"):
+        init_classifier(vatt.build_model("vit_tiny_classifier"), tmp_path / "ut")
+    cfg = vatt.get_preset("vit_tiny_classifier")
+    cfg.video.pre_projection = cfg.video.post_projection = True
+    cfg.video.d_post_proj = 64
+    clf = vatt.build_model(cfg)
+    init_classifier(clf, tmp_path / "ut")
+    u = pre.unified_backbone
+    torch.testing.assert_close(clf.backbone.transformer.state_dict()["layers.1.mlp.wi.weight"],
+                               u.transformer.state_dict()["layers.1.mlp.wi.weight"])
+    torch.testing.assert_close(clf.backbone.pre_proj[0].weight, u.pre_proj["video"][0].weight)
+    torch.testing.assert_close(clf.backbone.post_proj[0].weight, u.post_proj["video"][0].weight)
+    torch.testing.assert_close(clf.backbone.agg_token, u.agg_token["video"])
+    torch.testing.assert_close(clf.backbone.tokenizer.proj.weight, u.tokenizers["video"].proj.weight)
+    # the same computation: the classifier's pooled feature is the unified model's video feature
+    clf.eval(), pre.eval()
+    video = torch.rand(2, 8, 64, 64, 3) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(clf(video).features_pooled, pre(video=video).video.features_pooled)
+
+
+def test_classifier_from_classifier_keeps_a_matching_head_only(tmp_path):
+    torch.manual_seed(3)
+    src = vatt.build_model("wat_tiny_classifier")
+    vatt.save(src, tmp_path / "clf")
+    same = vatt.build_model("wat_tiny_classifier")
+    init_classifier(same, tmp_path / "clf")
+    torch.testing.assert_close(same.head.classification.weight, src.head.classification.weight)
+    cfg = vatt.get_preset("wat_tiny_classifier")
+    cfg.num_classes = 4
+    other = vatt.build_model(cfg)
+    report = init_classifier(other, tmp_path / "clf")
+    assert "head.classification.weight" in report.left_at_init
+    torch.testing.assert_close(other.backbone.agg_token, src.backbone.agg_token)
+    with pytest.raises(ValueError, match="audio classifier cannot initialise a video"):
+        init_classifier(vatt.build_model("vit_tiny_classifier"), tmp_path / "clf")
+
+
+def test_positional_tables_are_resampled_for_other_input_sizes(tmp_path):
+    src = vatt.build_model("tx_fac_tiny")
+    vatt.save(src, tmp_path / "pre")
+    cfg = vatt.get_preset("wat_tiny_classifier")
+    cfg.audio.max_temporal_buckets = 100  # half the audio length
+    clf = vatt.build_model(cfg)
+    report = init_classifier(clf, tmp_path / "pre")
+    assert report.resized == ["backbone.pos_embedding.tables.temporal 200->100"]
+    torch.testing.assert_close(clf.backbone.pos_embedding.tables["temporal"][0],
+                               src.audio_backbone.pos_embedding.tables["temporal"][0])
+
+
+# ------------------------------------------------------------------------------------------------------
+# Multi-view scoring
+# ------------------------------------------------------------------------------------------------------
+
+class _ViewCounter(torch.nn.Module):
+    """A 'classifier' whose logits encode which view of which clip it saw: logit c = the view's mean pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()))
+        self.batch_shapes = []
+
+    def forward(self, x):
+        from vatt.model.outputs import ClassifierOutput
+        self.batch_shapes.append(tuple(x.shape))
+        mean = x.float().reshape(x.shape[0], -1).mean(1, keepdim=True)
+        logits = torch.cat([mean, -mean, torch.zeros_like(mean)], dim=1) + self.p
+        return ClassifierOutput(logits, logits.softmax(-1), logits, logits)
+
+
+def test_the_multi_view_test_averages_twelve_views(tmp_path):
+    write_sample_dataset(tmp_path, num_clips=3, seed=4)
+    data = ClassificationDataset.from_csv(tmp_path / "manifest.csv", path_column="video", train=False,
+                                          num_frames=8, fps=10.0, size=32, num_windows=4, multi_crop=True)
+    model = _ViewCounter()
+    logits, labels = predict(model, data, batch_size=2)
+    assert logits.shape == (3, 12, 3) and labels.shape == (3,)
+    assert model.batch_shapes[0] == (24, 8, 32, 32, 3)  # 2 clips x 12 views in one forward pass
+    views = torch.stack([data[i]["video"] for i in range(3)])  # [3, 12, T, S, S, 3]
+    np.testing.assert_allclose(logits[:, :, 0], views.reshape(3, 12, -1).mean(-1).numpy(), rtol=1e-5, atol=1e-6)
+    result = classification_metrics(logits, labels, multi_label=False)
+    assert result.protocol.num_views == 12 and "mean logits over 12 view(s), then softmax" in result.protocol.aggregation
+    # the score is the softmax of the averaged logits, not the average of softmaxes
+    from vatt.eval.metrics import topk_accuracy
+    mean_logits = logits.mean(1)
+    assert result.metrics["top1"] == topk_accuracy(mean_logits, labels, ks=(1,))["top1"]
+    audio = ClassificationDataset.from_csv(tmp_path / "manifest.csv", path_column="video", modality="audio",
+                                           train=False, audio_samples=4000, sample_rate=8000, num_windows=4)
+    assert predict(_ViewCounter(), audio)[0].shape == (3, 4, 3)  # audio: 4 windows, no crops
+
+
+def test_multilabel_metrics_from_views():
+    rng = np.random.default_rng(0)
+    targets = rng.random((20, 4)) < 0.4
+    targets[0] = targets[1] = [True, True, True, True]
+    targets[2] = False
+    logits = np.where(targets[:, None, :], 2.0, -2.0) + rng.normal(0, 0.1, (20, 3, 4))
+    result = classification_metrics(logits, targets, multi_label=True)
+    assert result.metrics["mAP"] == 1.0 and result.metrics["AUC"] == 1.0 and result.protocol.num_views == 3
+
+
+# ------------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------------
+
+class SynthTones(Dataset):
+    """Class c: a tone at 300 * (c + 1) Hz (8 kHz, 3200 samples) with a random phase and noise.
+
+    Training samples `audio` [N]; evaluation samples [V, N] (V windows of different phases).
+    Keys are (epoch, index) pairs or indices, as `vatt.data` datasets take them.
+    """
+
+    def __init__(self, n=48, num_classes=3, train=True, views=2, multi_label=False):
+        self.n, self.c, self.train, self.views, self.multi_label = n, num_classes, train, views, multi_label
+        self.classes = [f"tone{i}" for i in range(num_classes)]
+
+    def __len__(self):
+        return self.n
+
+    def _wave(self, c, g):
+        t = torch.arange(3200) / 8000
+        phase = torch.rand((), generator=g) * 6.28
+        return torch.sin(2 * math.pi * 300 * (c + 1) * t + phase) + 0.1 * torch.randn(3200, generator=g)
+
+    def __getitem__(self, key):
+        epoch, i = key if isinstance(key, (tuple, list)) else (0, key)
+        g = sample_generator(7 if self.train else 8, epoch if self.train else 0, i)
+        c = i % self.c
+        if self.multi_label:
+            label = torch.zeros(self.c)
+            label[c] = label[(c + 1) % self.c] = 1.0
+            wave = lambda: self._wave(c, g) + self._wave((c + 1) % self.c, g)  # noqa: E731
+        else:
+            label = torch.tensor(c)
+            wave = lambda: self._wave(c, g)  # noqa: E731
+        audio = wave() if self.train else torch.stack([wave() for _ in range(self.views)])
+        return {"audio": audio, "label": label}
+
+
+def _config(tmp_path, *extra):
+    return load_config(None, [
+        "model.preset=wat_tiny_classifier", f"run.output_dir={tmp_path}", "run.precision=fp32",
+        "data.batch_size=12", "data.num_workers=0", "optim.optimizer=adam", "optim.lr=0.003",
+        "optim.warmup_steps=5", "log.every_steps=5", "log.tensorboard=false", "checkpoint.every_steps=0",
+        *extra])
+
+
+def test_finetuning_raises_accuracy_above_chance(tmp_path):
+    cfg = _config(tmp_path, "optim.total_steps=40", "eval.every_steps=20")
+    result = finetune(cfg, train_dataset=SynthTones(), val_dataset=SynthTones(n=30, train=False))
+    assert result.final.metrics["top1"] > 0.8  # chance: 1/3
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert [e["step"] for e in result.eval_history] == [20, 40]
+    best = vatt.load(result.best["path"])
+    assert best.config.num_classes == 3 and (Path(result.best["path"]) / "classes.txt").read_text().split() == \
+        ["tone0", "tone1", "tone2"]
+    assert json.loads((Path(result.best["path"]) / "best.json").read_text())["metric"] == "top1"
+    assert result.best["value"] == max(e["top1"] for e in result.eval_history)
+
+
+def test_resume_continues_exactly(tmp_path):
+    extra = ["optim.total_steps=8", "checkpoint.every_steps=4", "eval.every_steps=0", "optim.grad_clip_norm=0.01"]
+    first = finetune(_config(tmp_path / "a", *extra), train_dataset=SynthTones(), val_dataset=None)
+    assert first.step == 8
+    final = vatt.load(tmp_path / "a" / "checkpoints" / "step_00000008").state_dict()
+    import shutil
+    shutil.rmtree(tmp_path / "a" / "checkpoints" / "step_00000008")
+    resumed = finetune(_config(tmp_path / "a", *extra), resume=True, train_dataset=SynthTones(), val_dataset=None)
+    assert resumed.step == 8 and [r["step"] for r in resumed.history] == [5, 8]  # only steps 5..8 ran
+    again = vatt.load(tmp_path / "a" / "checkpoints" / "step_00000008").state_dict()
+    for k in final:
+        torch.testing.assert_close(again[k], final[k], msg=k)
+
+
+def test_backbone_gradients_are_clipped_and_the_classifier_is_not(tmp_path):
+    from vatt.finetune.loop import _Run
+    from vatt.train.distributed import init_distributed
+
+    cfg = _config(tmp_path, "optim.total_steps=1", "optim.grad_clip_norm=1e-3", "optim.warmup_steps=0",
+                  "optim.optimizer=sgd", "optim.momentum=0", "optim.lr=1.0")
+    run = _Run(cfg, init_distributed("cpu"), [], SynthTones(), None, None)
+    before = {n: p.detach().clone() for n, p in run.raw_model.named_parameters()}
+    metrics = run._step([next(iter(run.data))])
+    moved = {n: (p.detach() - before[n]) for n, p in run.raw_model.named_parameters()}
+    backbone = torch.sqrt(sum((d ** 2).sum() for n, d in moved.items() if "classification" not in n))
+    head = torch.sqrt(sum((d ** 2).sum() for n, d in moved.items() if "classification" in n))
+    assert backbone.item() == pytest.approx(1e-3, rel=1e-3)  # lr 1 x clipped norm
+    assert metrics["grad_norm"] > 1e-2 and head.item() > 1e-2
+
+
+def test_multilabel_audio_with_mixup_reports_map(tmp_path):
+    cfg = _config(tmp_path, "optim.total_steps=30", "eval.every_steps=0", "model.overrides.output=sigmoid",
+                  "data.mixup=true", "data.audio_noise=0.01")
+    result = finetune(cfg, train_dataset=SynthTones(multi_label=True, num_classes=4),
+                      val_dataset=SynthTones(n=24, train=False, multi_label=True, num_classes=4))
+    assert result.metric == "mAP" and set(result.final.metrics) >= {"mAP", "AUC", "d-prime"}
+    assert result.final.metrics["mAP"] > 0.5  # chance: 0.5 (2 of 4 labels on)
+    with pytest.raises(ConfigError, match="sigmoid"):
+        finetune(_config(tmp_path / "x", "optim.total_steps=1"), train_dataset=SynthTones(multi_label=True),
+                 val_dataset=None)
+
+
+def test_image_classification_tiles_images_in_time(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name, rgb in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i in range(6):
+                pixels = np.clip(np.array(rgb) + rng.normal(0, 30, (80, 96, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    cfg = load_config(None, [
+        "model.preset=vit_tiny_classifier", f"run.output_dir={tmp_path / 'run'}", "run.precision=fp32",
+        "data.modality=image", "data.format=folder", f"data.train={tmp_path / 'train'}", f"data.val={tmp_path / 'val'}",
+        "data.batch_size=6", "data.num_workers=0", "optim.optimizer=adam", "optim.lr=0.003", "optim.warmup_steps=2",
+        "optim.total_steps=12", "eval.every_steps=0", "checkpoint.every_steps=0", "log.tensorboard=false"])
+    from vatt.finetune.data import build_datasets
+    train, val, classes, _ = build_datasets(cfg.data, cfg.model.build_config())
+    assert classes == ["blue", "red"]
+    assert train[0]["video"].shape == (4, 64, 64, 3)  # one image tiled over the temporal patch size
+    assert torch.equal(train[0]["video"][0], train[0]["video"][3])
+    assert val[0]["video"].shape == (1, 4, 64, 64, 3)  # one view
+    result = finetune(cfg)
+    assert result.final.protocol.num_views == 1 and result.final.metrics["top1"] >= 0.75
+
+
+# ------------------------------------------------------------------------------------------------------
+# Configs and the command
+# ------------------------------------------------------------------------------------------------------
+
+def test_official_defaults_and_config_errors():
+    cfg = load_config(None)
+    assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.momentum, cfg.optim.warmup_steps, cfg.optim.total_steps,
+            cfg.optim.final_lr, cfg.optim.grad_clip_norm, cfg.optim.classifier_grad_clip_norm) == \
+        ("sgd", 0.005, 0.9, 2500, 100_000, 0.0, 0.75, 0.0)
+    assert cfg.data.num_windows_test == 4 and cfg.data.multi_crop and cfg.data.mixup_alpha == 5.0
+    assert cfg.model.build_config().classifier_dropout == 0.5
+    with pytest.raises(ConfigError, match="optim.lrr.*did you mean 'lr'"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="not a classifier"):
+        load_config(None, ["model.preset=tx_fac_tiny"])
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        load_config(None, ["loss.label_smoothing=1.5"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("finetune_*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.model.build_config().kind in ("video_classifier", "audio_classifier")
+
+
+def test_cli_finetune_and_evaluate_end_to_end(tmp_path, capsys):
+    write_sample_dataset(tmp_path / "data", num_clips=10, seed=5)
+    common = ["--config", str(ROOT / "configs" / "finetune_sample_tiny.yaml"),
+              "--set", f"data.train={tmp_path / 'data' / 'manifest.csv'}", "--set", f"run.output_dir={tmp_path / 'run'}",
+              "--set", "optim.total_steps=3", "--set", "data.batch_size=4", "--set", "data.num_workers=0",
+              "--set", "data.num_windows_test=2"]
+    assert main(["finetune", *common]) == 0
+    out = capsys.readouterr().out
+    assert "final validation: 2 clips x 6 views" in out and "top1" in out
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["steps"] == 3 and record["final"]["protocol"]["num_views"] == 6
+    assert record["best"]["path"] == str(tmp_path / "run" / "best")
+    assert main(["finetune", *common, "--evaluate", str(tmp_path / "run" / "best")]) == 0
+    evaluation = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert evaluation["metrics"]["top1"] == record["best"]["metrics"]["top1"]
+    assert main(["finetune", "--set", "optim.lrr=1"]) == 2
+    assert "did you mean" in capsys.readouterr().err

@@ -1,0 +1,433 @@
+"""Evaluation protocols of the paper: zero-shot retrieval and linear probes on frozen features.
+
+    vatt eval retrieval MODEL_DIR clips.csv --where split=test            # text->video, video->text, audio->video
+    vatt eval retrieval --embeddings emb.npz                             # from `vatt embed --windows 4` output
+    vatt eval linear-probe MODEL_DIR fsdd/labels.csv --root fsdd/recordings --modality audio \\
+        --path-column filename --label-column digit --split-column split
+    vatt eval linear-probe MODEL_DIR esc50.csv --modality audio --fold-column fold     # 5 folds, leave one out
+    vatt eval linear-probe MODEL_DIR UCF-101/ --ucf101 ucfTrainTestlist/              # 3 official splits
+
+Retrieval (spec section 8): every clip is embedded through W linearly spaced windows (4 by default, the
+official protocol); each caption once. Scores in both official modes: `embd` (mean of the window
+embeddings) and `cosine` (mean of the window cosine similarities); R@1/5/10, median and mean rank.
+Linear probe: backbone pooled features, one middle window per training clip and the mean softmax over
+W test windows; the official classifier (Dense(128) -> Dropout(0.9) -> Dense(C), Adam, 1000 epochs) and
+logistic regression; top-1/top-5 per split and averaged over splits.
+Both print a table and write JSON (--out) with the protocol beside every number.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from vatt.commands.embed import (Bar, add_media_arguments, add_run_arguments, load_model, media_error, parse_where,
+                                 table, write_json)
+
+EVAL_FPS = 12.5  # official evaluation loaders: 32 frames at stride 2 of sources stored at 25 fps
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n", 1)[1]
+    sub = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
+
+    r = sub.add_parser("retrieval", help="zero-shot text->video, video->text and audio->video retrieval",
+                       description="Zero-shot retrieval with the official multi-window protocol.")
+    r.add_argument("model", nargs="?", help="a vatt model folder (tx_fac / ut_fac)")
+    r.add_argument("manifest", nargs="?", help="clips with captions: CSV / JSON Lines with a path and a caption column")
+    r.add_argument("--embeddings",
+                   help="score an embeddings .npz written by `vatt embed` instead of a model + manifest")
+    add_media_arguments(r)
+    r.add_argument("--windows", type=int, default=4, help="video windows per clip (default 4, official)")
+    r.add_argument("--fps", type=float, default=EVAL_FPS,
+                   help=f"frame rate of the sampled frames (default {EVAL_FPS:g}: stride 2 of 25 fps, as the official "
+                        "evaluation loader)")
+    r.add_argument("--captions", default="all", choices=["all", "first"],
+                   help="captions per clip used as queries: all (default) or the first (official: one per video)")
+    r.add_argument("--directions", default="text->video,video->text,audio->video",
+                   help="comma-separated subset of text->video, video->text, audio->video "
+                        "(default: all that the data has)")
+    r.add_argument("--modes", default="embd,cosine", help="embd, cosine or both (default)")
+    r.add_argument("--split-name", help="dataset/split name recorded in the protocol (default: from the manifest)")
+    r.add_argument("--save-embeddings", help="also write the clip and caption embeddings to this .npz")
+    r.add_argument("--out", default="retrieval.json", help="JSON results (default retrieval.json)")
+    add_run_arguments(r)
+    r.add_argument("--skip-bad", action="store_true", help="leave out clips that cannot be decoded (reported)")
+    r.set_defaults(_run=run_retrieval)
+
+    p = sub.add_parser("linear-probe", help="official MLP probe and logistic regression on frozen features",
+                       description="Linear probes on frozen backbone features over official splits or folds.")
+    p.add_argument("model", help="a vatt model folder (tx_fac, ut_fac or a classifier)")
+    p.add_argument("data", help="a CSV of files and labels, or (with --ucf101 / --hmdb51) the folder of the videos")
+    p.add_argument("--modality", default="auto", choices=["auto", "video", "audio"],
+                   help="which backbone's features (auto: the model's own for a classifier, else video)")
+    p.add_argument("--path-column", default="path", help="CSV column of file paths (default path)")
+    p.add_argument("--label-column", default="label", help="CSV column of class labels (default label)")
+    p.add_argument("--root", help="folder relative paths start from (default: the CSV's folder)")
+    p.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE", help="keep CSV rows (repeatable)")
+    split = p.add_mutually_exclusive_group(required=True)
+    split.add_argument("--split-column", help="column saying train or test (one split; see --train-value/--test-value)")
+    split.add_argument("--fold-column", help="column of fold numbers: each fold is the test set once (ESC-50: 5 folds)")
+    split.add_argument("--ucf101", metavar="SPLIT_DIR",
+                       help="UCF101 trainlist0k.txt / testlist0k.txt / classInd.txt folder")
+    split.add_argument("--hmdb51", metavar="SPLIT_DIR", help="HMDB51 *_test_split<k>.txt folder")
+    p.add_argument("--train-value", default="train", help="--split-column value of training rows (default train)")
+    p.add_argument("--test-value", default="test", help="--split-column value of test rows (default test)")
+    p.add_argument("--splits", help="comma-separated subset of splits/folds (default: all; UCF101/HMDB51: 1,2,3)")
+    p.add_argument("--classifier", default="official,logistic", help="official, logistic or both (default)")
+    p.add_argument("--epochs", type=int, default=1000, help="official probe epochs (default 1000, official)")
+    p.add_argument("--windows", type=int, default=4, help="test windows per clip (default 4, official)")
+    p.add_argument("--fps", type=float, default=EVAL_FPS, help=f"video frame rate (default {EVAL_FPS:g}, official)")
+    p.add_argument("--dataset-name", help="name recorded in the protocol (default: from the data path)")
+    p.add_argument("--out", default="linear_probe.json", help="JSON results (default linear_probe.json)")
+    add_run_arguments(p)
+    p.set_defaults(_run=run_linear_probe)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vatt.data.errors import MediaError
+
+    try:
+        return args._run(args)
+    except MediaError as e:  # a file that cannot be used: one line naming it and the reason
+        raise (media_error(e) if hasattr(args, "skip_bad") else media_error(e, hint="")) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Retrieval
+# --------------------------------------------------------------------------------------------------
+
+def _split_list(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        raise ValueError(f"{what}: choose from {', '.join(allowed)}; got {text!r}")
+    return items
+
+
+def retrieval_from_arrays(arrays: dict[str, Any], *, directions=("text->video", "video->text", "audio->video"),
+                          modes=("embd", "cosine"), split: str = "test", ties: str = "pessimistic",
+                          strict: bool = False) -> tuple[list, dict[str, Any]]:
+    """Zero-shot retrieval from embedding arrays (the layout of `vatt.embed.embedding_arrays` / an .npz).
+
+    Videos without captions are left out of the text directions (each query and each video needs a
+    ground truth); audio->video uses the clips that have a video and real audio. A direction the data
+    cannot give is skipped and named in the returned notes, or raises with `strict=True`.
+    Returns (results, notes) with notes {"skipped_directions": {...}, "num_text_videos", "num_audio_clips"}.
+    """
+    import numpy as np
+
+    from vatt.eval.retrieval import zero_shot_retrieval
+
+    w = int(arrays["meta"].get("num_windows", 1))
+    n = int(arrays["clip"].max()) + 1 if "clip" in arrays and len(arrays["clip"]) else 0
+
+    def per_clip(key):
+        return arrays[key].reshape(n, w, -1) if key in arrays else None
+
+    has_video = arrays["has_video"].reshape(n, w)[:, 0] if n else np.zeros(0, bool)
+    has_audio = arrays["has_audio"].reshape(n, w)[:, 0] & (arrays["audio_mask"].reshape(n, w).max(1) > 0) if n \
+        else np.zeros(0, bool)
+    results, skipped, notes = [], {}, {}
+
+    text_dirs = tuple(d for d in directions if d in ("text->video", "video->text"))
+    if text_dirs:
+        why = None
+        if "text_vt" not in arrays or per_clip("video_vt") is None:
+            why = "needs video and caption embeddings in the video-text space"
+        else:
+            clip_of = arrays["text_clip"]
+            usable = (clip_of >= 0) & has_video[np.clip(clip_of, 0, max(n - 1, 0))] if n else clip_of < -1
+            videos = np.unique(clip_of[usable])
+            if len(videos) < 2:
+                why = "needs at least two clips with a video and a caption"
+            else:
+                remap = np.full(n, -1)
+                remap[videos] = np.arange(len(videos))
+                results += zero_shot_retrieval(
+                    video_text=per_clip("video_vt")[videos], text=arrays["text_vt"][usable],
+                    caption_video=remap[clip_of[usable]], directions=text_dirs, modes=modes, split=split, ties=ties)
+                notes["num_text_videos"] = int(len(videos))
+                notes["num_captions"] = int(usable.sum())
+        if why:
+            skipped.update({d: why for d in text_dirs})
+    if "audio->video" in directions:
+        clips = np.flatnonzero(has_video & has_audio)
+        if per_clip("audio_va") is None or per_clip("video_va") is None or len(clips) < 2:
+            skipped["audio->video"] = "needs at least two clips with both a video and real audio"
+        else:
+            results += zero_shot_retrieval(video_audio=per_clip("video_va")[clips], audio=per_clip("audio_va")[clips],
+                                           directions=("audio->video",), modes=modes, split=split, ties=ties)
+            notes["num_audio_clips"] = int(len(clips))
+    if skipped and strict:
+        raise ValueError("; ".join(f"{d}: {why}" for d, why in skipped.items()))
+    notes["skipped_directions"] = skipped
+    return results, notes
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from vatt.embed import embed_files, embed_text, embedding_arrays, read_embeddings, read_manifest_entries, \
+        write_embeddings
+    from vatt.eval.retrieval import DIRECTIONS, MODES, format_table
+
+    directions = _split_list(args.directions, DIRECTIONS, "--directions")
+    modes = _split_list(args.modes, MODES, "--modes")
+    explicit = args.directions != "text->video,video->text,audio->video"
+    t0 = time.perf_counter()
+    protocol: dict[str, Any] = {"directions": list(directions), "modes": list(modes), "ties": "pessimistic",
+                                "ranks": "1-based", "recall": "fraction of queries"}
+    if args.embeddings:
+        if args.model or args.manifest:
+            raise ValueError("give either --embeddings or a model and a manifest, not both")
+        arrays = read_embeddings(args.embeddings)
+        split = args.split_name or Path(args.embeddings).stem
+        protocol.update(source=str(args.embeddings), **{k: arrays["meta"].get(k) for k in
+                                                          ("model", "num_windows", "window_mode", "spec", "precision",
+                                                           "skipped_files")})
+    else:
+        if not (args.model and args.manifest):
+            raise ValueError("give a model folder and a manifest of clips with captions (or --embeddings FILE.npz)")
+        if args.windows < 1:
+            raise ValueError(f"--windows must be >= 1, got {args.windows}")
+        where = parse_where(args.where)
+        model = load_model(args.model, args.device, args.vocab)
+        entries = read_manifest_entries(args.manifest, path_column=args.path_column,
+                                        caption_column=args.caption_column, root=args.root, where=where)
+        want_audio = "audio->video" in directions
+        bar = Bar("embedding clips", len(entries))
+        try:
+            files = embed_files(model, [e.path for e in entries], entries=entries,
+                                modalities=("video", "audio") if want_audio else ("video",),
+                                num_windows=args.windows, fps=args.fps, batch_size=args.batch_size,
+                                precision=args.precision, num_workers=args.workers, skip_bad=args.skip_bad,
+                                progress=bar)
+        finally:
+            bar.close()
+        captions, clip_of = [], []
+        if {"text->video", "video->text"} & set(directions):
+            for clip, entry in enumerate(files.entries):
+                chosen = entry.captions[:1] if args.captions == "first" else entry.captions
+                captions += chosen
+                clip_of += [clip] * len(chosen)
+        text = embed_text(model, captions, batch_size=max(args.batch_size, 64), precision=args.precision) \
+            if captions else None
+        meta = {"model": str(args.model), "precision": args.precision, "fps": args.fps}
+        arrays = embedding_arrays(files, text, text_clip=clip_of if text is not None else None, meta=meta)
+        if args.save_embeddings:
+            write_embeddings(args.save_embeddings, files, text, text_clip=clip_of if text is not None else None,
+                             meta=meta)
+        split = args.split_name or (Path(args.manifest).stem + (
+            "/" + ",".join(f"{k}={'|'.join(v)}" for k, v in where.items()) if where else ""))
+        protocol.update(source=str(args.manifest), model=str(args.model), where=where, num_windows=args.windows,
+                        window_mode="center" if args.windows == 1 else "linspace", spec=files.spec.__dict__,
+                        precision=args.precision, captions=args.captions, num_clips=len(files),
+                        skipped_files=[str(e) for e in files.errors])
+    results, notes = retrieval_from_arrays(arrays, directions=directions, modes=modes, split=split,
+                                           strict=explicit)
+    if not results:
+        raise ValueError("no retrieval direction could be scored: " +
+                         "; ".join(f"{d}: {w}" for d, w in notes["skipped_directions"].items()))
+    protocol.update(notes)
+    protocol["seconds"] = round(time.perf_counter() - t0, 3)
+    record = {"command": "eval retrieval", "split": split, "protocol": protocol,
+              "results": [r.as_dict() for r in results]}
+    path = write_json(args.out, record)
+
+    spec = protocol.get("spec") or {}
+    print(f"zero-shot retrieval on {split}: {protocol.get('num_windows')} window(s) per clip "
+          f"({protocol.get('window_mode')})"
+          + (f", video {spec.get('num_frames')} frames at {spec.get('fps'):g} fps, {spec.get('size')}px centre crop"
+             if spec.get("num_frames") else "")
+          + (f", audio {spec.get('audio_samples')} samples at {spec.get('sample_rate')} Hz"
+             if spec.get("audio_samples") and "num_audio_clips" in notes else "")
+          + f", {protocol.get('precision')}")
+    print(format_table(results))
+    for d, why in notes["skipped_directions"].items():
+        print(f"{d}: not scored ({why})")
+    if protocol.get("skipped_files"):
+        print(f"{len(protocol['skipped_files'])} clip(s) could not be decoded and were left out")
+    print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Linear probe
+# --------------------------------------------------------------------------------------------------
+
+def _read_column(csv_path, column: str) -> list[str]:
+    import csv
+
+    with open(csv_path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        if column not in (reader.fieldnames or []):
+            raise ValueError(f"{csv_path}: no column {column!r}; columns are {reader.fieldnames}")
+        return [(r[column] or "").strip() for r in reader]
+
+
+def probe_splits(args: argparse.Namespace) -> tuple[list[tuple[str, list, list]], list[str]]:
+    """[(split name, train items, test items)] and the class names, from the command's split options."""
+    from vatt.data.datasets import ClassificationDataset
+
+    wanted = [s.strip() for s in args.splits.split(",")] if args.splits else None
+    where = parse_where(args.where)
+    if args.ucf101 or args.hmdb51:
+        numbers = wanted or ["1", "2", "3"]
+        out, classes = [], None
+        for k in numbers:
+            if args.ucf101:
+                from pathlib import Path
+                d = Path(args.ucf101)
+                tr = ClassificationDataset.from_ucf101(args.data, d / f"trainlist0{k}.txt")
+                te = ClassificationDataset.from_ucf101(args.data, d / f"testlist0{k}.txt")
+            else:
+                tr = ClassificationDataset.from_hmdb51(args.data, args.hmdb51, split=int(k), subset="train")
+                te = ClassificationDataset.from_hmdb51(args.data, args.hmdb51, split=int(k), subset="test")
+            if tr.classes != te.classes or (classes is not None and tr.classes != classes):
+                raise ValueError(f"split {k}: the class lists of the split files disagree")
+            classes = tr.classes
+            out.append((f"split{k}", tr.items, te.items))
+        return out, classes
+
+    common = dict(path_column=args.path_column, label_column=args.label_column, root=args.root)
+    all_rows = ClassificationDataset.from_csv(args.data, where=where or None, **common)
+    classes = all_rows.classes
+
+    def subset(extra: dict, extra_not: dict | None = None):
+        return ClassificationDataset.from_csv(args.data, where={**where, **extra}, where_not=extra_not,
+                                              classes=classes, **common).items
+
+    if args.split_column:
+        return [(f"{args.split_column}={args.test_value}", subset({args.split_column: args.train_value}),
+                 subset({args.split_column: args.test_value}))], classes
+    values = _read_column(args.data, args.fold_column)
+    folds = sorted(set(values) - {""}, key=lambda v: (0, int(v)) if v.lstrip("-").isdigit() else (1, v))
+    folds = [f for f in folds if wanted is None or f in wanted]
+    if len(folds) < (1 if wanted else 2):
+        raise ValueError(f"--fold-column {args.fold_column}: need at least two folds, found {folds}")
+    return [(f"{args.fold_column}={f}", subset({}, {args.fold_column: f}), subset({args.fold_column: f}))
+            for f in folds], classes
+
+
+def extract_features(model, items, classes, modality: str, num_windows: int, fps: float, *, batch_size: int,
+                     workers: int, precision: str, progress=None):
+    """Backbone pooled features `[N, W, D]` (float32 numpy) of labelled items: the middle window
+    (num_windows=1) or W linearly spaced windows, with the official evaluation transforms."""
+    import numpy as np
+    import torch
+
+    from vatt.data.datasets import ClassificationDataset, collate
+    from vatt.embed import _EvalMode, clip_spec, forward_modality
+
+    spec = clip_spec(model, fps)
+    kwargs = {}
+    if modality == "video":
+        kwargs.update(num_frames=spec.num_frames, fps=spec.fps, size=spec.size)
+    else:
+        kwargs.update(audio_samples=spec.audio_samples, sample_rate=spec.sample_rate)
+    data = ClassificationDataset(items, classes, modality=modality, train=False, num_windows=num_windows,
+                                 multi_crop=False, strict=True, **kwargs)
+    per_batch = max(1, batch_size // num_windows)
+    loader = torch.utils.data.DataLoader(data, batch_size=per_batch, collate_fn=collate, num_workers=workers)
+    parts, done = [], 0
+    with _EvalMode(model):
+        for batch in loader:
+            x = batch[modality]  # [B, V, ...]
+            b, v = x.shape[:2]
+            feats = forward_modality(model, modality, x.reshape(b * v, *x.shape[2:]), precision)["features"]
+            parts.append(feats.reshape(b, v, -1).numpy())
+            done += b
+            if progress:
+                progress(done, len(items))
+    return np.concatenate(parts).astype(np.float32)
+
+
+def run_linear_probe(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import replace
+    from pathlib import Path
+
+    import numpy as np
+
+    from vatt.embed import model_modalities
+    from vatt.eval.linear_probe import CLASSIFIERS, OfficialProbeConfig, evaluate_splits
+
+    t0 = time.perf_counter()
+    classifiers = _split_list(args.classifier, CLASSIFIERS, "--classifier")
+    if args.windows < 1 or args.epochs < 1:
+        raise ValueError("--windows and --epochs must be >= 1")
+    model = load_model(args.model, args.device)
+    can = [m for m in model_modalities(model) if m != "text"]
+    modality = args.modality if args.modality != "auto" else ("video" if "video" in can else can[0])
+    if modality not in can:
+        raise ValueError(f"--modality {modality}: this model embeds {', '.join(can)}")
+    splits, classes = probe_splits(args)
+
+    # Each clip is embedded once per role: the middle window when it trains, W windows when it tests.
+    def unique(items):
+        return list({(it.path, it.label): it for it in items}.values())
+
+    train_items = unique(it for _, tr, _ in splits for it in tr)
+    test_items = unique(it for _, _, te in splits for it in te)
+    run_kw = dict(batch_size=args.batch_size, workers=args.workers, precision=args.precision)
+    bar = Bar("features: training clips (middle window)", len(train_items), unit="clip")
+    try:
+        train_x = extract_features(model, train_items, classes, modality, 1, args.fps, progress=bar, **run_kw)
+    finally:
+        bar.close()
+    bar = Bar(f"features: test clips ({args.windows} windows)", len(test_items), unit="clip")
+    try:
+        test_x = extract_features(model, test_items, classes, modality, args.windows, args.fps, progress=bar, **run_kw)
+    finally:
+        bar.close()
+    train_row = {(it.path, it.label): i for i, it in enumerate(train_items)}
+    test_row = {(it.path, it.label): i for i, it in enumerate(test_items)}
+    feature_splits = []
+    for _, tr, te in splits:
+        tr_idx = [train_row[(it.path, it.label)] for it in tr]
+        te_idx = [test_row[(it.path, it.label)] for it in te]
+        feature_splits.append(((train_x[tr_idx, 0], np.array([it.label for it in tr])),
+                               (test_x[te_idx], np.array([it.label for it in te]))))
+    feature_seconds = time.perf_counter() - t0
+
+    name = args.dataset_name or Path(args.data).stem
+    results = {}
+    for c in classifiers:
+        config = replace(OfficialProbeConfig(), epochs=args.epochs) if c == "official" else None
+        t1 = time.perf_counter()
+        results[c] = evaluate_splits(feature_splits, classifier=c, config=config, num_classes=len(classes),
+                                     split_names=[s[0] for s in splits], dataset=name)
+        results[c] = (results[c], time.perf_counter() - t1)
+
+    from vatt.embed import clip_spec
+    spec = clip_spec(model, args.fps)
+    protocol = {
+        "dataset": name, "data": str(args.data), "model": str(args.model), "modality": modality,
+        "features": f"{modality} backbone features_pooled (AGG token after the final LayerNorm), frozen",
+        "train_windows": "1 (middle)", "test_windows": args.windows, "test_aggregation": "mean softmax over windows",
+        "input": ({"num_frames": spec.num_frames, "fps": spec.fps, "size": spec.size, "transform": "resize smallest "
+                   "side + centre crop"} if modality == "video" else
+                  {"audio_samples": spec.audio_samples, "sample_rate": spec.sample_rate, "pad": "loop"}),
+        "precision": args.precision, "splits": [s[0] for s in splits], "num_classes": len(classes),
+        "feature_seconds": round(feature_seconds, 3),
+    }
+    record = {"command": "eval linear-probe", "protocol": protocol,
+              "results": {c: {**r.as_dict(), "seconds": round(sec, 3)} for c, (r, sec) in results.items()}}
+    path = write_json(args.out, record)
+
+    split_names = [s[0] for s in splits]
+    header = ["classifier", "top1 %", "top5 %"] + [f"{s} top1 %" for s in split_names] + ["train top1 %", "seconds"]
+    rows = []
+    for c, (r, sec) in results.items():
+        rows.append([c, f"{100 * r.mean['top1']:.1f}", f"{100 * r.mean['top5']:.1f}"]
+                    + [f"{100 * s['top1']:.1f}" for s in r.per_split]
+                    + [f"{100 * np.mean([s['train_top1'] for s in r.per_split]):.1f}", f"{sec:.1f}"])
+    print(f"linear probe on {name}: {modality} features, {len(classes)} classes, "
+          f"{len(splits)} split(s); train = middle window, test = mean softmax over {args.windows} windows")
+    print(table(header, rows))
+    for c, (r, _) in results.items():
+        print(f"{c}: {r.protocol.describe()}")
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,33 @@
+"""Fine-tuning classifiers (video action recognition, audio events, images) the official way.
+
+    from vatt.finetune import load_config, finetune
+    result = finetune(load_config("configs/finetune_fsdd_tiny.yaml", ["optim.total_steps=500"]))
+    result.best          # {"step", "metric", "value", "metrics", "path"}; path is a vatt model folder
+
+Modules: `config` (dataclasses, YAML), `data` (the datasets a config names), `weights` (initialising a
+classifier from a pre-trained or converted model), `losses` (the official losses), `optim` (Keras-style
+SGD), `evaluate` (multi-view scoring), `loop` (the training loop).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "FinetuneConfig": ("vatt.finetune.config", "FinetuneConfig"),
+    "load_config": ("vatt.finetune.config", "load_config"),
+    "finetune": ("vatt.finetune.loop", "finetune"),
+    "FinetuneResult": ("vatt.finetune.loop", "FinetuneResult"),
+    "evaluate_classifier": ("vatt.finetune.evaluate", "evaluate_classifier"),
+    "classification_metrics": ("vatt.finetune.evaluate", "classification_metrics"),
+    "init_classifier": ("vatt.finetune.weights", "init_classifier"),
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vatt.finetune' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    return getattr(importlib.import_module(module), attr)
