@@ -95,7 +95,8 @@ def test_pretrain_sample_layout(sample_dir, tokenizer):
 
 
 def test_default_clip_is_the_official_shape(sample_dir, tokenizer):
-    s = PretrainDataset(sample_dir / "manifest.csv", tokenizer)[0]
+    # Evaluation transforms: the training ones at 224^2 cost seconds on a busy 2-core machine.
+    s = PretrainDataset(sample_dir / "manifest.csv", tokenizer, train=False)[0]
     assert s["video"].shape == (32, 224, 224, 3)  # 32 frames at 10 fps, 224^2
     assert s["audio"].shape == (153600,)  # 3.2 s at 48 kHz
 
@@ -115,7 +116,7 @@ def test_workers_give_the_same_samples_as_the_main_process(sample_dir, tokenizer
     ds = PretrainDataset(sample_dir / "manifest.csv", tokenizer, **SMALL)
     sampler = EpochSampler(len(ds), shuffle=True, seed=3)
     sampler.set_epoch(5)
-    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2, collate_fn=collate, timeout=120)
     batches = list(loader)
     keys = list(sampler)
     got = torch.cat([b["video"] for b in batches])
@@ -292,7 +293,7 @@ def test_epoch_through_workers_keeps_batches_full_and_counts_skips(bad_corpus, t
     manifest, reasons = bad_corpus
     ds = _bad_dataset(manifest, tokenizer)
     sampler = EpochSampler(len(ds), shuffle=True, seed=0)
-    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2, collate_fn=collate, timeout=120)
     counter = SkipCounter()
     sizes = []
     for batch in loader:
@@ -471,6 +472,18 @@ def test_fsdd_audio_split():
     s = test[0]
     assert s["audio"].shape == (1, 8000) and int(s["label"]) == 0 and s["audio"].abs().max() > 0.01
     assert train[123]["audio"].shape == (8000,)
+
+
+def test_audio_files_of_other_formats():
+    root = shared("audio-text-pairs")
+    ds = ClassificationDataset.from_csv(root / "captions.csv", path_column="filename", label_column="label",
+                                        modality="audio", audio_samples=16000, sample_rate=16000, train=False,
+                                        num_windows=2)
+    formats = {Path(it.path).suffix for it in ds.items}
+    assert {".flac", ".ogg"} <= formats
+    for i in range(len(ds)):
+        s = ds[i]
+        assert s["audio"].shape == (2, 16000) and s["audio"].abs().max() > 1e-3, s["path"]
 
 
 def _write_image(path: Path, image: np.ndarray, codec: str, pix_fmt: str) -> None:

@@ -8,7 +8,6 @@ import os
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -100,13 +99,13 @@ def test_every_sample_once_per_epoch_across_ranks_and_workers(shard_dir, tokeniz
     keys = []
     for rank in range(2):
         ds = ShardDataset(shard_dir, tokenizer, rank=rank, world_size=2, shuffle_buffer=4, **SMALL)
-        loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
+        loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate, timeout=120)
         keys.append([k for b in loader for k in b["key"]])
     assert not set(keys[0]) & set(keys[1])
     assert len(keys[0]) + len(keys[1]) == 10 and len(set(keys[0]) | set(keys[1])) == 10
     # Fewer shards than readers: every reader walks all shards and keeps its share.
     ds = ShardDataset(shard_dir, tokenizer, rank=0, world_size=1, **SMALL)
-    loader = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate, timeout=120)
     one = ShardDataset(list_shards(shard_dir)[:1], tokenizer, rank=1, world_size=2, shuffle_buffer=0, **SMALL)
     assert len(list(one)) == 1  # 3 samples, reader 1 of 2 keeps the 2nd
     assert sorted(k for b in loader for k in b["key"]) == sorted(keys[0] + keys[1])

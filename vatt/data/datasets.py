@@ -28,6 +28,8 @@ Sample dicts (`collate` stacks tensors, turns numbers into tensors and keeps str
 - `ClassificationDataset`: `video` [T, S, S, 3] (train) / [V, T, S, S, 3] (eval), or `audio` [N] /
   [V, N]; `label` int64 scalar (single-label) or float32 multi-hot [C]; `path`, `start_s`, `index`,
   `skipped`. Images (`modality="image"`) come as `video` tiled over `image_frames` frames.
+- `vatt.data.shards.ShardDataset` (streaming) yields the `PretrainDataset` dicts with `key`
+  ("shard:key") in place of `index`.
 """
 from __future__ import annotations
 
