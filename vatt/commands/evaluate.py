@@ -219,7 +219,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         if args.save_embeddings:
             write_embeddings(args.save_embeddings, files, text, text_clip=clip_of if text is not None else None,
                              meta=meta)
-        split = args.split_name or (Path(args.manifest).stem + (
+        split = args.split_name or (f"{Path(args.manifest).parent.name}/{Path(args.manifest).stem}" + (
             "/" + ",".join(f"{k}={'|'.join(v)}" for k, v in where.items()) if where else ""))
         protocol.update(source=str(args.manifest), model=str(args.model), where=where, num_windows=args.windows,
                         window_mode="center" if args.windows == 1 else "linspace", spec=files.spec.__dict__,
@@ -392,7 +392,8 @@ def run_linear_probe(args: argparse.Namespace) -> int:
                                (test_x[te_idx], np.array([it.label for it in te]))))
     feature_seconds = time.perf_counter() - t0
 
-    name = args.dataset_name or Path(args.data).stem
+    data_path = Path(args.data)
+    name = args.dataset_name or (data_path.name if data_path.is_dir() else f"{data_path.parent.name}/{data_path.stem}")
     results = {}
     for c in classifiers:
         config = replace(OfficialProbeConfig(), epochs=args.epochs) if c == "official" else None
