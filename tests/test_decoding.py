@@ -477,3 +477,19 @@ def test_fsdd_8k_wav_matches_a_reference_resampling():
     corr = [np.dot(a[10 + lag: a.size - 10 + lag], r[10:-10]) for lag in lags]
     assert lags[int(np.argmax(corr))] == 0
     assert np.corrcoef(a, r)[0, 1] > 0.99
+
+
+def test_media_error_survives_dataloader_workers():
+    """A worker's MediaError reaches the main process as a MediaError with the file and the reason."""
+    from torch.utils.data import DataLoader, Dataset
+
+    class Bad(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise MediaError("/videos/clip.mp4", "corrupt", "moov atom not found")
+
+    with pytest.raises(MediaError) as info:
+        next(iter(DataLoader(Bad(), num_workers=1)))
+    assert (info.value.path, info.value.reason, info.value.detail) == ("/videos/clip.mp4", "corrupt", "moov atom not found")

@@ -7,6 +7,7 @@ bad argument) stay `ValueError`: they are bugs in the caller, not bad files.
 from __future__ import annotations
 
 import os
+import re
 
 # The reason codes in use. A dataset may count skips per code; keep these strings stable.
 REASONS = frozenset({
@@ -29,7 +30,15 @@ class MediaError(Exception):
     `str(err)` is "<path>: <reason>: <detail>".
     """
 
-    def __init__(self, path: str | os.PathLike, reason: str, detail: str = ""):
+    def __init__(self, path: str | os.PathLike, reason: str | None = None, detail: str = ""):
+        if reason is None:
+            # torch's DataLoader re-raises a worker's exception as `MediaError(message)`, the message being the
+            # worker's formatted traceback; recover the fields from its last line so the caller still gets
+            # a MediaError with the file and the reason (TypeError makes torch fall back to RuntimeError).
+            found = re.findall(rf"MediaError: (.+?): ({'|'.join(sorted(REASONS))})(?:: (.*))?$", str(path), re.M)
+            if not found:
+                raise TypeError("MediaError needs (path, reason[, detail])")
+            path, reason, detail = found[-1]
         if reason not in REASONS:
             # A typo here would silently create a new skip category; fail loudly instead.
             raise ValueError(f"unknown MediaError reason {reason!r}; expected one of {sorted(REASONS)}")
