@@ -169,14 +169,16 @@ def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
     reference = tmp_path / "reference"
     pretrain(tiny_config(reference, *settings), train_dataset=SynthClips(32), collate_fn=collate)
 
-    out, marker = tmp_path / "killed", tmp_path / "at_step_7"
-    proc = subprocess.Popen([sys.executable, __file__, str(out), "--hang-at", "7", "--marker", str(marker),
-                             *[a for s in settings for a in ("--set", s)]], cwd=ROOT, start_new_session=True)
+    out, marker, log = tmp_path / "killed", tmp_path / "at_step_7", tmp_path / "killed.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, __file__, str(out), "--hang-at", "7", "--marker", str(marker),
+                                 *[a for s in settings for a in ("--set", s)]], cwd=ROOT, start_new_session=True,
+                                stdout=stderr, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + 300
         while not marker.exists():
-            assert proc.poll() is None, "the run to be killed ended early"
-            assert time.time() < deadline, "the run to be killed never reached step 7"
+            assert proc.poll() is None, f"the run to be killed ended early:\n{log.read_text()[-3000:]}"
+            assert time.time() < deadline, f"the run to be killed never reached step 7:\n{log.read_text()[-3000:]}"
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its DataLoader workers

@@ -3,8 +3,9 @@
 Layout of `<output_dir>/checkpoints/`:
 
     step_00001000/
-        model.safetensors   weights (loadable on their own with `vatt.load(folder)`)
+        model.safetensors   weights (a model folder: `vatt.load(folder)` reads these three)
         config.json         the model config
+        vocab.txt           the word vocabulary of the captions (when the run built or read one)
         train_state.pt      optimiser, schedule, RNG and data-position state, counters, the run config
     step_00002000/ ...
 
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from vatt.checkpoint.io import CONFIG as MODEL_CONFIG
-from vatt.checkpoint.io import WEIGHTS
+from vatt.checkpoint.io import VOCAB, WEIGHTS
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 TRAIN_STATE = "train_state.pt"
@@ -50,7 +51,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def save_checkpoint(root: str | Path, step: int, weights: dict[str, torch.Tensor], model_config: dict[str, Any],
-                    train_state: dict[str, Any], keep_last: int) -> Path:
+                    train_state: dict[str, Any], keep_last: int, tokenizer: Any = None) -> Path:
     """Write checkpoint `step` atomically, then delete all but the newest `keep_last`. Returns its folder."""
     from safetensors.torch import save_file
 
@@ -63,6 +64,8 @@ def save_checkpoint(root: str | Path, step: int, weights: dict[str, torch.Tensor
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS),
                   metadata={"format": "pt"})
         (tmp / MODEL_CONFIG).write_text(json.dumps(model_config, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save(tmp / VOCAB)
         torch.save(train_state, tmp / TRAIN_STATE)
         for f in tmp.iterdir():
             _fsync(f)

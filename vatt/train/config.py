@@ -124,12 +124,16 @@ class RunConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"
     # Steps whose loss or gradient is NaN/Inf are skipped; this many in a row stop the run.
     max_consecutive_bad_steps: int = 20
+    # Stop cleanly with a checkpoint once this much wall time has passed (a scheduler's time limit, a
+    # demo's budget); `--resume` continues. 0 = no limit.
+    time_limit_minutes: float = 0.0
 
 
 @dataclass
 class CheckpointConfig:
     every_steps: int = 1000  # also written at the end of the run; 0 = only at the end
     keep_last: int = 3
+    enabled: bool = True  # false: write none at all (benchmarks, smoke runs)
 
 
 @dataclass
@@ -166,6 +170,7 @@ class PretrainConfig:
                         "optim.lr": self.optim.lr, "optim.final_lr": self.optim.final_lr,
                         "optim.weight_decay": self.optim.weight_decay,
                         "optim.grad_clip_norm": self.optim.grad_clip_norm,
+                        "run.time_limit_minutes": self.run.time_limit_minutes,
                         "checkpoint.every_steps": self.checkpoint.every_steps,
                         "eval.every_steps": self.eval.every_steps, "data.num_frames": self.data.num_frames,
                         "data.frame_size": self.data.frame_size, "data.audio_samples": self.data.audio_samples,

@@ -128,29 +128,14 @@ class MicroBatches:
 # ---------------------------------------------------------------------------------------------------
 # Building the datasets named in the config
 # ---------------------------------------------------------------------------------------------------
-def input_sizes(model_config: Any) -> dict[str, int]:
-    """Clip sizes a model config was made for: frames, frame size, audio samples and audio sample rate."""
-    if getattr(model_config, "kind", None) == "ut_fac":
-        c = model_config
-        return {"num_frames": c.max_video_temporal_buckets * c.video_temporal_patch_size,
-                "size": c.max_video_spatial_buckets * c.video_spatial_patch_size,
-                "audio_samples": c.max_audio_temporal_buckets * c.audio_temporal_patch_size,
-                "sample_rate": 48000}
-    v, a = model_config.video, model_config.audio
-    if a.input != "waveform":
-        raise ValueError("pre-training from media files supports waveform audio (WaT); this model's audio "
-                         f"input is {a.input!r}")
-    return {"num_frames": v.max_temporal_buckets * v.temporal_patch_size,
-            "size": v.max_vertical_buckets * v.spatial_patch_size,
-            "audio_samples": a.max_temporal_buckets * a.temporal_patch_size, "sample_rate": a.sample_rate}
-
-
 def sample_settings(data_cfg: Any, model_config: Any) -> dict[str, Any]:
-    """`PretrainSampleConfig` fields from the data section, 0 meaning "what the model was made for"."""
-    sizes = input_sizes(model_config)
-    return {"num_frames": data_cfg.num_frames or sizes["num_frames"], "size": data_cfg.frame_size or sizes["size"],
-            "audio_samples": data_cfg.audio_samples or sizes["audio_samples"],
-            "sample_rate": data_cfg.sample_rate or sizes["sample_rate"], "fps": data_cfg.fps,
+    """`PretrainSampleConfig` fields from the data section; 0 means "what the model was made for"."""
+    from vatt.embed import clip_spec
+
+    spec = clip_spec(model_config)
+    return {"num_frames": data_cfg.num_frames or spec.num_frames, "size": data_cfg.frame_size or spec.size,
+            "audio_samples": data_cfg.audio_samples or spec.audio_samples,
+            "sample_rate": data_cfg.sample_rate or spec.sample_rate, "fps": data_cfg.fps,
             "max_context_sentences": data_cfg.max_context_sentences, "scale_jitter_prob": data_cfg.scale_jitter_prob,
             "flip_prob": data_cfg.flip_prob, "color_prob": data_cfg.color_prob, "audio_noise": data_cfg.audio_noise}
 

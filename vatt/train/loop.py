@@ -61,6 +61,7 @@ class PretrainResult:
     last_checkpoint: Path | None
     history: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl records of this call
     eval_history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False  # run.time_limit_minutes ended it before optim.total_steps
 
 
 def pretrain(config: PretrainConfig, *, resume: bool = False, callbacks: Iterable[Callback] = (),
@@ -132,6 +133,7 @@ class _Run:
                                      vid_aud_weight=cfg.loss.video_audio_weight)
         self.amp_dtype = autocast_dtype(cfg.run.precision, env.device)
 
+        self.tokenizer = None  # known when the run reads captions itself (saved with each checkpoint)
         if train_dataset is None:
             if not cfg.data.train:
                 raise ValueError("data.train is empty: name a manifest or shards (or pass train_dataset=)")
@@ -162,13 +164,16 @@ class _Run:
         self._emit("on_start", state.step, cfg.optim.total_steps)
         window: list[dict[str, float]] = []
         micro_batches = iter(self.data)
+        started = time.monotonic()
         try:
             while state.step < cfg.optim.total_steps:
                 step_metrics = self._step([next(micro_batches) for _ in range(cfg.optim.grad_accum_steps)])
                 state.step += 1
                 window.append(step_metrics)
                 self._emit("on_step", state.step, step_metrics)
-                if state.step % cfg.log.every_steps == 0 or state.step == cfg.optim.total_steps:
+                last = state.step == cfg.optim.total_steps
+                out_of_time = not last and self._out_of_time(started)
+                if state.step % cfg.log.every_steps == 0 or last or out_of_time:
                     record = self._log_record(window)
                     window = []
                     result.history.append(record)
@@ -183,14 +188,26 @@ class _Run:
                     self._emit("on_eval", state.step, metrics)
                 every = cfg.checkpoint.every_steps
                 periodic = every and state.step % every == 0 and not state.consecutive_skipped  # not mid-streak
-                if periodic or state.step == cfg.optim.total_steps:
+                if cfg.checkpoint.enabled and (periodic or last or out_of_time):
                     result.last_checkpoint = self.save()
+                if out_of_time:
+                    log.warning("step %d: run.time_limit_minutes=%g reached; stopped with a checkpoint "
+                                "(resume to continue)", state.step, cfg.run.time_limit_minutes)
+                    result.stopped_early = True
+                    break
         finally:
             if writer:
                 writer.close()
         result.step, result.skipped_steps = state.step, state.skipped_steps
         self._emit("on_end", result)
         return result
+
+    def _out_of_time(self, started: float) -> bool:
+        limit = self.cfg.run.time_limit_minutes
+        if not limit:
+            return False
+        over = torch.tensor(float(time.monotonic() - started > 60 * limit), device=self.env.device)
+        return bool(all_reduce(over, "max").item())  # every rank stops at the same step
 
     def _emit(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -294,7 +311,7 @@ class _Run:
             import vatt.configs
             folder = ckpt.save_checkpoint(self.ckpt_root, self.state.step, weights,
                                           vatt.configs.to_dict(self.model_config), train_state,
-                                          self.cfg.checkpoint.keep_last)
+                                          self.cfg.checkpoint.keep_last, self.tokenizer)
             log.info("step %d: checkpoint %s", self.state.step, folder)
         barrier()
         return folder

@@ -1,0 +1,214 @@
+"""Clips per second of a full pre-training step, with every comparison measured in the same run.
+
+    python bench/train_speed.py                       # tiny: fp32/bf16 x DropToken on/off x 1/2 processes;
+                                                      # Base (BBS): fp32/bf16 x DropToken on/off, 1 process
+    python bench/train_speed.py --sizes tiny          # quick
+    python bench/train_speed.py --json out.json
+
+A step is what `vatt pretrain` does (it runs `vatt.train.pretrain` itself): forward of the three
+backbones and the FAC head, AsymmetricNCE, backward, NaN check, Adam update, on in-memory random clips
+of the model's input size (no decoding). clips/s is the median over the timed steps. "2 processes" is
+`torchrun --nproc_per_node 2` (gloo, one thread each) on the same global batch, vs one process with
+the default thread count (and with one thread, which matters when other processes share the cores).
+
+Achieved FLOP/s = matrix-product FLOPs of one step (counted by torch's FlopCounterMode on a forward +
+backward: linear, conv, attention) x steps/s, shown as a fraction of the FLOP/s of a 2048^3 fp32
+matrix product measured in this process (and of a bf16 one, the ceiling of bf16 autocast).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES = {"tiny": "tx_fac_tiny", "base": "tx_fac_bbs"}
+NO_DROPTOKEN = ["model.overrides.video.droptoken.enabled=false", "model.overrides.audio.droptoken.enabled=false"]
+
+
+class RandomClips(torch.utils.data.Dataset):
+    """A pool of random clips of the model's input size; item (epoch, i) is pool[i % len(pool)]."""
+
+    def __init__(self, preset: str, n: int, pool: int = 8):
+        from vatt import configs
+        from vatt.embed import clip_spec
+
+        spec = clip_spec(configs.get_preset(preset))
+        g = torch.Generator().manual_seed(0)
+        self.n = n
+        self.pool = [{"video": torch.rand(spec.num_frames, spec.size, spec.size, 3, generator=g) * 2 - 1,
+                      "audio": torch.randn(spec.audio_samples, generator=g),
+                      "text": torch.randint(4, 1000, (1, 16), generator=g),
+                      "audio_mask": torch.tensor(1.0), "text_mask": torch.tensor(1.0)} for _ in range(pool)]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        return self.pool[key[1] % len(self.pool)]
+
+
+def overrides(preset: str, batch: int, steps: int, precision: str, droptoken: bool, out: str) -> list[str]:
+    return [f"model.preset={preset}", f"data.batch_size={batch}", "data.num_workers=0", f"optim.total_steps={steps}",
+            "optim.warmup_steps=1", f"run.precision={precision}", f"run.output_dir={out}", "log.every_steps=1",
+            "log.tensorboard=false", "checkpoint.enabled=false"] + ([] if droptoken else NO_DROPTOKEN)
+
+
+def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool) -> float:
+    """Median clips/s of steps after `warmup`, in this process (or this rank, under torchrun)."""
+    from vatt.train.config import load_config
+    from vatt.train.loop import pretrain
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load_config(None, overrides(preset, batch, steps, precision, droptoken, out))
+        result = pretrain(cfg, train_dataset=RandomClips(preset, n=batch * steps))
+    return statistics.median(r["clips_per_s"] for r in result.history[warmup:])
+
+
+def run_two_processes(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(29400 + os.getpid() % 1000), __file__, "--worker", str(out), "--preset", preset, "--batch",
+               str(batch), "--steps", str(steps), "--warmup", str(warmup), "--precision", precision,
+               *([] if droptoken else ["--no-droptoken"])]
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"torchrun failed:\n{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())["clips_per_s"]
+
+
+def step_flops(preset: str, batch: int, droptoken: bool) -> float:
+    """Matrix-product FLOPs of one forward + backward (+ loss) of `batch` clips, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import vatt.model
+    from vatt.losses import AsymmetricNCE
+    from vatt.train.config import load_config
+
+    cfg = load_config(None, overrides(preset, batch, 1, "fp32", droptoken, "unused"))
+    model = vatt.model.build_model(cfg.model.build_config()).train()
+    data = RandomClips(preset, n=batch, pool=1)
+    batch_data = {k: torch.stack([data[(0, i)][k] for i in range(batch)]) for k in data.pool[0]}
+    with FlopCounterMode(display=False) as counter:
+        out = model(video=batch_data["video"], audio=batch_data["audio"], text=batch_data["text"])
+        AsymmetricNCE()(video_va=out.video_va, audio_va=out.audio_va, video_vt=out.video_vt,
+                        text_vt=out.text_vt).total.backward()
+    return float(counter.get_total_flops())
+
+
+def matmul_flops_per_s(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="tiny,base", help="comma-separated: tiny, base")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--tiny-batch", type=int, default=32)
+    parser.add_argument("--tiny-steps", type=int, default=12)
+    parser.add_argument("--base-batch", type=int, default=2)
+    parser.add_argument("--base-steps", type=int, default=4)
+    # worker mode (one torchrun rank)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--preset", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--no-droptoken", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        clips = run_steps(args.preset, args.batch, args.steps, args.warmup, args.precision, not args.no_droptoken)
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank logs the same global-batch rate
+            Path(args.worker).write_text(json.dumps({"clips_per_s": clips}))
+        return 0
+
+    default_threads = torch.get_num_threads()
+    peak = {"fp32": matmul_flops_per_s(torch.float32), "bf16": matmul_flops_per_s(torch.bfloat16)}
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{default_threads} threads; 2048^3 matmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
+    rows = []
+    for size in args.sizes.split(","):
+        preset = SIZES[size]
+        batch, steps = (args.tiny_batch, args.tiny_steps) if size == "tiny" else (args.base_batch, args.base_steps)
+        warmup = 2 if size == "tiny" else 1
+        flops = {dt: step_flops(preset, batch, dt) for dt in (True, False)}
+        for droptoken in (True, False):
+            for precision in ("fp32", "bf16"):
+                variants = [("1 proc", default_threads)]
+                if size == "tiny":
+                    variants += [("1 proc", 1), ("2 procs", 1)]
+                elif droptoken and precision == "bf16":
+                    variants += [("2 procs", 1)]
+                for procs, threads in variants:
+                    t0 = time.perf_counter()
+                    if procs == "2 procs":
+                        clips = run_two_processes(preset, batch, steps, warmup, precision, droptoken)
+                    else:
+                        torch.set_num_threads(threads)
+                        clips = run_steps(preset, batch, steps, warmup, precision, droptoken)
+                        torch.set_num_threads(default_threads)
+                    achieved = flops[droptoken] / batch * clips
+                    row = {"size": size, "preset": preset, "batch": batch, "precision": precision,
+                           "droptoken": droptoken, "processes": 2 if procs == "2 procs" else 1, "threads": threads,
+                           "clips_per_s": clips, "step_gflop": flops[droptoken] / 1e9,
+                           "achieved_gflop_s": achieved / 1e9, "frac_fp32_matmul": achieved / peak["fp32"],
+                           "frac_bf16_matmul": achieved / peak["bf16"], "wall_s": time.perf_counter() - t0}
+                    rows.append(row)
+                    print(f"{size:4s} {precision} droptoken={'on ' if droptoken else 'off'} {procs} x {threads} thr: "
+                          f"{clips:8.2f} clips/s  {achieved / 1e9:7.1f} GFLOP/s = {row['frac_fp32_matmul']:.2f} of "
+                          f"fp32 matmul ({row['wall_s']:.0f} s)", flush=True)
+
+    def rate(size, precision, droptoken, processes=1, threads=default_threads):
+        for r in rows:
+            if (r["size"], r["precision"], r["droptoken"], r["processes"], r["threads"]) == \
+                    (size, precision, droptoken, processes, threads):
+                return r["clips_per_s"]
+        return None
+
+    ratios = {}
+    for size in args.sizes.split(","):
+        pairs = {
+            "bf16 / fp32 (DropToken on)": (rate(size, "bf16", True), rate(size, "fp32", True)),
+            "bf16 / fp32 (DropToken off)": (rate(size, "bf16", False), rate(size, "fp32", False)),
+            "DropToken on / off (fp32)": (rate(size, "fp32", True), rate(size, "fp32", False)),
+            "DropToken on / off (bf16)": (rate(size, "bf16", True), rate(size, "bf16", False)),
+            f"2 procs x 1 thread / 1 proc x {default_threads} threads (bf16, DropToken on)":
+                (rate(size, "bf16", True, 2, 1), rate(size, "bf16", True)),
+            "2 procs x 1 thread / 1 proc x 1 thread (bf16, DropToken on)":
+                (rate(size, "bf16", True, 2, 1), rate(size, "bf16", True, 1, 1)),
+        }
+        for name, (a, b) in pairs.items():
+            if a and b:
+                ratios[f"{size}: {name}"] = a / b
+    print("\nratios (same run):")
+    for name, value in ratios.items():
+        print(f"  {name}: {value:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"peak_flops": peak, "rows": rows, "ratios": ratios}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
