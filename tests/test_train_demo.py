@@ -1,8 +1,21 @@
 """vatt.train.demo: the whole demo on a handful of clips (its learning is checked by running `vatt demo`)."""
 import json
 
+import pytest
+import torch
+
 from vatt.data.datasets import read_manifest
 from vatt.train.demo import METRICS, DemoConfig, format_table, paraphrases, run_demo
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The tiny model gains little from a second thread, and when other processes share the cores a step
+    # with two threads can take ten times longer (each operation waits for a descheduled thread).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_demo_runs_end_to_end_on_a_few_clips(tmp_path):

@@ -29,6 +29,16 @@ from vatt.train.progress import Callback, read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The tiny model gains little from a second thread, and when other processes share the cores a step
+    # with two threads can take ten times longer (each operation waits for a descheduled thread).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class SynthClips(Dataset):
     """Clips whose video, audio and caption all show one of `num_classes` classes, plus per-clip noise.
 
@@ -173,7 +183,7 @@ def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
     with open(log, "w") as stderr:
         proc = subprocess.Popen([sys.executable, __file__, str(out), "--hang-at", "7", "--marker", str(marker),
                                  *[a for s in settings for a in ("--set", s)]], cwd=ROOT, start_new_session=True,
-                                stdout=stderr, stderr=subprocess.STDOUT)
+                                stdout=stderr, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.time() + 300
         while not marker.exists():

@@ -61,7 +61,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     # A manifest (CSV / JSON Lines, see `vatt.data.datasets.read_manifest`; `vatt sample-data` writes one)
-    # or WebDataset shards written by `vatt shard` ("shards/train-{000000..000099}.tar").
+    # or WebDataset shards written by `vatt shard`: their folder, or "shards/shard-{000000..000099}.tar".
     train: str = ""
     train_where: dict[str, Any] = field(default_factory=dict)  # keep manifest rows by column, e.g. {split: train}
     heldout: str = ""  # a manifest of held-out clips for the periodic retrieval check (eval.every_steps)

@@ -141,7 +141,16 @@ def sample_settings(data_cfg: Any, model_config: Any) -> dict[str, Any]:
 
 
 def is_shards(source: str) -> bool:
-    return ".tar" in source or "{" in source
+    """A folder of `vatt shard` output, a .tar, or a brace pattern of them; anything else is a manifest."""
+    return Path(source).is_dir() or source.endswith(".tar") or "{" in source
+
+
+def shard_paths(source: str) -> str | list[str]:
+    """`ShardDataset` takes a folder or a list of tars; expand "train-{000000..000099}.tar" into the list."""
+    if "{" not in source:
+        return source
+    from braceexpand import braceexpand  # a webdataset dependency
+    return list(braceexpand(source))
 
 
 def build_tokenizer(data_cfg: Any, model_config: Any, output_dir: str | Path):
@@ -181,7 +190,8 @@ def build_dataset(data_cfg: Any, model_config: Any, tokenizer: Any, split: str, 
         source, where = data_cfg.train, data_cfg.train_where
         if is_shards(source):
             from vatt.data.shards import ShardDataset
-            return ShardDataset(source, tokenizer, seed=seed, shuffle_buffer=data_cfg.shuffle_buffer, **settings)
+            return ShardDataset(shard_paths(source), tokenizer, seed=seed, shuffle_buffer=data_cfg.shuffle_buffer,
+                                **settings)
         return PretrainDataset(source, tokenizer, where=where or None, seed=seed, **settings)
     return PretrainDataset(data_cfg.heldout, tokenizer, where=data_cfg.heldout_where or None, train=False,
                            **settings)

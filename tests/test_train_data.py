@@ -1,0 +1,91 @@
+"""vatt.train.data: the per-rank batch order, and pre-training from a manifest and from shards (real media)."""
+import pytest
+import torch
+
+import vatt
+from vatt.data.sample_data import write_sample_dataset
+from vatt.data.shards import write_shards
+from vatt.train.config import load_config
+from vatt.train.data import PretrainBatchSampler
+from vatt.train.loop import pretrain
+from vatt.train.progress import Callback, read_metrics
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The tiny model gains little from a second thread, and when other processes share the cores a step
+    # with two threads can take ten times longer (each operation waits for a descheduled thread).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_ranks_and_micro_batches_partition_the_global_batch():
+    one = list(PretrainBatchSampler(20, batch_size=8, seed=3))
+    assert len(one) == 2 and all(len(b) == 8 for b in one)  # the last 4 clips are dropped
+    parts = {(r, a): list(PretrainBatchSampler(20, 8, world_size=2, rank=r, accum_steps=2, seed=3))
+             for r in (0, 1) for a in (0,)}
+    for step in range(2):
+        # micro-batch a of rank r is slice a * world_size + r of the global batch
+        merged = [k for a in range(2) for r in range(2) for k in parts[(r, 0)][step * 2 + a]]
+        assert merged == one[step]
+    resumed = PretrainBatchSampler(20, 8, seed=3)
+    resumed.set_position(epoch=0, start=1)
+    assert list(resumed) == one[1:]
+    resumed.set_position(epoch=1)
+    assert list(resumed) != one and {i for b in resumed for _, i in b} <= set(range(20))
+    with pytest.raises(ValueError, match="multiple of world_size"):
+        PretrainBatchSampler(20, 6, world_size=4)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        PretrainBatchSampler(5, 8)
+
+
+@pytest.fixture(scope="module")
+def sample_manifest(tmp_path_factory):
+    return write_sample_dataset(tmp_path_factory.mktemp("sample"), num_clips=30, seed=1)
+
+
+def _config(out, train, *overrides):
+    return load_config(None, [
+        f"data.train={train}", f"run.output_dir={out}", "data.batch_size=4", "data.num_workers=0",
+        "data.max_context_sentences=0", "data.color_prob=0", "optim.warmup_steps=1", "optim.lr=1e-3",
+        "log.every_steps=1", "log.tensorboard=false", "run.precision=fp32", *overrides])
+
+
+def test_pretrain_from_a_manifest_with_heldout_check(tmp_path, sample_manifest):
+    out = tmp_path / "run"
+    result = pretrain(_config(out, sample_manifest, "optim.total_steps=2", "data.train_where={split: train}",
+                              f"data.heldout={sample_manifest}", "data.heldout_where={split: test}",
+                              "eval.every_steps=2"))
+    assert result.step == 2 and all(r["loss"] > 0 for r in read_metrics(out))
+    assert read_metrics(out, "eval")[0]["text->video/num_items"] == 6  # the 6 test clips of 30
+    assert (out / "vocab.txt").exists()
+    model = vatt.load(result.last_checkpoint)  # the checkpoint carries the vocabulary too
+    assert model.tokenizer is not None and model.tokenizer.vocab_size == len((out / "vocab.txt").read_text().split())
+
+
+def test_pretrain_from_shards_resumes_where_it_stopped(tmp_path, sample_manifest):
+    shards = tmp_path / "shards"
+    write_shards(sample_manifest, shards, max_count=8)
+    vocab = tmp_path / "vocab.txt"
+    from vatt.data.datasets import read_manifest
+    from vatt.data.text import WordTokenizer
+    WordTokenizer.build(c for r in read_manifest(sample_manifest) for c in r.captions).save(vocab)
+
+    settings = [f"data.vocab={vocab}", "optim.total_steps=10", "checkpoint.every_steps=4"]
+    straight = tmp_path / "straight"
+    pretrain(_config(straight, shards, *settings))
+    stopped = tmp_path / "stopped"
+
+    class Crash(Callback):
+        def on_step(self, step, metrics):
+            if step == 5:  # after the checkpoint of step 4; 30 clips / batch 4 = 7 steps an epoch
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_config(stopped, shards, *settings), callbacks=[Crash()])
+    pretrain(_config(stopped, shards, *settings), resume=True)
+    a, b = read_metrics(straight), read_metrics(stopped)
+    assert [r["epoch"] for r in a][-1] == 1  # crossed into the second epoch
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-6)
