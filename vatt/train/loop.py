@@ -167,7 +167,12 @@ class _Run:
         started = time.monotonic()
         try:
             while state.step < cfg.optim.total_steps:
-                step_metrics = self._step([next(micro_batches) for _ in range(cfg.optim.grad_accum_steps)])
+                t0 = time.perf_counter()
+                batches = [next(micro_batches) for _ in range(cfg.optim.grad_accum_steps)]
+                data_seconds = time.perf_counter() - t0
+                step_metrics = self._step(batches)
+                seconds = time.perf_counter() - t0
+                step_metrics.update(seconds=seconds, data_seconds=data_seconds, clips_per_s=cfg.data.batch_size / seconds)
                 state.step += 1
                 window.append(step_metrics)
                 self._emit("on_step", state.step, step_metrics)
@@ -216,7 +221,6 @@ class _Run:
     # ------------------------------------------------------------------------------------------------
     def _step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
         cfg, env, state = self.cfg, self.env, self.state
-        t0 = time.perf_counter()
         lr = set_learning_rate(self.optimizer, state.step, cfg.optim)
         self.model.train()
         torch.manual_seed(sample_seed(cfg.run.seed, state.step, env.rank, 1))
@@ -258,11 +262,10 @@ class _Run:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        totals = all_reduce(totals, "mean")  # the loss of the global batch, as one process would see it
-        seconds = time.perf_counter() - t0
-        return {"loss": totals[0].item(), "loss_video_text": totals[1].item(), "loss_video_audio": totals[2].item(),
-                "lr": lr, "grad_norm": grad_norm.item(), "clips_per_s": cfg.data.batch_size / seconds,
-                "seconds": seconds, "skipped": float(bad)}
+        # The loss of the global batch, as one process would see it; one device sync for all the numbers.
+        loss, loss_vt, loss_va, norm = torch.cat([all_reduce(totals, "mean"), grad_norm.reshape(1).float()]).tolist()
+        return {"loss": loss, "loss_video_text": loss_vt, "loss_video_audio": loss_va, "lr": lr, "grad_norm": norm,
+                "skipped": float(bad)}
 
     def _loss(self, batch: dict[str, Any]):
         device = self.env.device
@@ -292,6 +295,8 @@ class _Run:
                 "loss_video_text": mean("loss_video_text"), "loss_video_audio": mean("loss_video_audio"),
                 "lr": window[-1]["lr"], "grad_norm": mean("grad_norm"),
                 "clips_per_s": self.cfg.data.batch_size * len(window) / seconds,
+                # the share of the time spent waiting for data: near 1 means the loaders are the bottleneck
+                "data_wait": sum(m["data_seconds"] for m in window) / seconds,
                 "skipped_steps": self.state.skipped_steps}
 
     # ------------------------------------------------------------------------------------------------
