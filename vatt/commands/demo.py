@@ -1,6 +1,6 @@
 """Pre-train the tiny model on built-in sample data on this CPU, then compare it with its random initialisation.
 
-    vatt demo                      # ~5 minutes on a 2-core CPU: sample data, pre-training, evaluation
+    vatt demo                      # ~5 minutes on a 2-core CPU: sample data, pre-training (4 min), evaluation
     vatt demo --minutes 8 --out runs/demo8
     vatt demo --steps 600          # a fixed number of steps instead of a time budget (reproducible)
 
@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--clips", type=int, default=640, help="sample clips to write; every fifth is held out "
                                                                "(default: 640)")
-    parser.add_argument("--minutes", type=float, default=3.0,
-                        help="pre-training time budget; a busier machine than measured stops it at 1.2x (default: 3)")
+    parser.add_argument("--minutes", type=float, default=4.0,
+                        help="pre-training time budget; a busier machine than measured stops it at 1.2x (default: 4)")
     parser.add_argument("--steps", type=int, default=0, help="pre-train exactly this many steps (overrides --minutes)")
     parser.add_argument("--batch-size", type=int, default=32, help="clips per step (default: 32)")
     parser.add_argument("--seed", type=int, default=0)

@@ -41,7 +41,7 @@ PRESET = "tx_fac_tiny"
 class DemoConfig:
     out_dir: str = "runs/demo"
     num_clips: int = 640  # every fifth is held out
-    train_minutes: float = 3.0  # time budget of the pre-training
+    train_minutes: float = 4.0  # time budget of the pre-training
     steps: int = 0  # fixed number of steps instead of the time budget (reproducible results)
     captions_per_clip: int = 4  # the manifest's caption + paraphrases, for training clips
     batch_size: int = 32
@@ -187,29 +187,18 @@ def tsne(features: np.ndarray, seed: int) -> np.ndarray:
                 random_state=seed).fit_transform(x)
 
 
-def measure_step_seconds(model_config: Any, batch_size: int, amp_dtype, sizes: dict[str, int], repeats: int = 3) -> float:
-    """Seconds of one training step (forward, loss, backward, Adam) of a throwaway copy, on random inputs."""
-    import vatt.model
-    from vatt.losses import AsymmetricNCE
+def measure_step_seconds(settings: list[str], dataset: Dataset, steps: int = 6) -> float:
+    """Median seconds of a step of the real loop (data, forward, loss, backward, update), no checkpoints."""
+    import tempfile
 
-    model = vatt.model.build_model(model_config).train()
-    opt = torch.optim.Adam(model.parameters())
-    loss_fn = AsymmetricNCE()
-    video = torch.rand(batch_size, sizes["num_frames"], sizes["size"], sizes["size"], 3) * 2 - 1
-    audio = torch.randn(batch_size, sizes["audio_samples"])
-    text = torch.randint(4, 100, (batch_size, 1, 16))
-    times = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            out = model(video=video, audio=audio, text=text)
-        loss = loss_fn(video_va=out.video_va.float(), audio_va=out.audio_va.float(), video_vt=out.video_vt.float(),
-                       text_vt=out.text_vt.float()).total
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times[1:]))
+    from vatt.train.config import load_config
+    from vatt.train.loop import pretrain
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(None, settings + [f"run.output_dir={tmp}", f"optim.total_steps={steps}", "log.every_steps=1",
+                                            "checkpoint.enabled=false", "run.time_limit_minutes=0"])
+        history = pretrain(cfg, train_dataset=dataset).history
+    return float(np.median([cfg.data.batch_size / r["clips_per_s"] for r in history[1:]]))
 
 
 def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
@@ -264,32 +253,36 @@ def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
 
     # 3. pre-train
     amp_dtype = autocast_dtype(cfg.precision, torch.device("cpu"))
-    # The tiny model's many small operations gain little from a second thread (measured: 0.11 s vs 0.13 s a
-    # step on an idle 2-core machine), but when other processes share the cores, threads waiting at each
-    # operation's barrier made a step 5-10x slower. Measure both; take more threads only if clearly faster.
-    sizes = {"num_frames": spec.num_frames, "size": spec.size, "audio_samples": spec.audio_samples}
-    all_threads = torch.get_num_threads()
-    step_s = {}
-    for threads in sorted({1, all_threads}):
-        torch.set_num_threads(threads)
-        step_s[threads] = measure_step_seconds(model_config, cfg.batch_size, amp_dtype, sizes)
-    threads = all_threads if step_s[all_threads] * 1.5 < step_s[1] else 1
-    torch.set_num_threads(threads)
-    steps = cfg.steps or int(min(max(cfg.train_minutes * 60 / (step_s[threads] * 1.1), 50), 5000))
-    report(f"a step of {cfg.batch_size} clips takes {step_s[threads]:.2f} s with {threads} thread(s) "
-           f"({', '.join(f'{t}: {s:.2f} s' for t, s in step_s.items())})"
-           + ("" if cfg.steps else f": {steps} steps fit {cfg.train_minutes:g} min"))
     run_dir = out / "run"
-    config = load_config(None, [
-        f"model.preset={PRESET}", f"run.output_dir={run_dir}", f"run.seed={cfg.seed}", f"run.precision={cfg.precision}",
+    settings = [
+        f"model.preset={PRESET}", f"run.seed={cfg.seed}", f"run.precision={cfg.precision}",
         f"data.batch_size={cfg.batch_size}", "data.num_workers=0", f"optim.lr={cfg.lr}", f"optim.final_lr={cfg.lr / 10}",
-        f"optim.warmup_steps={max(steps // 20, 1)}", f"optim.total_steps={steps}", f"log.every_steps={max(steps // 50, 1)}",
-        f"checkpoint.every_steps={max(steps // 4, 1)}", "checkpoint.keep_last=1", "log.tensorboard=false",
-        # If the machine gets busier than when the speed was measured, stop (with a checkpoint) rather than overrun.
-        f"run.time_limit_minutes={0 if cfg.steps else 1.2 * cfg.train_minutes}",
+        "log.tensorboard=false",
         # A tiny model on a small dataset for a few minutes learns fastest without dropout.
         "model.overrides.video.transformer.dropout_rate=0", "model.overrides.audio.transformer.dropout_rate=0",
-        "model.overrides.text.transformer.dropout_rate=0"])
+        "model.overrides.text.transformer.dropout_rate=0"]
+    # The tiny model's many small operations gain little from a second thread (measured: 0.13 s vs 0.15 s a
+    # step on a quiet 2-core machine), but when other processes share the cores, threads waiting at each
+    # operation's barrier made a step 5-10x slower. Measure both; take more threads only if clearly faster.
+    all_threads = threads = torch.get_num_threads()
+    steps = cfg.steps
+    if not steps:  # a time budget: measure the speed of the real loop
+        step_s = {}
+        for threads in sorted({1, all_threads}):
+            torch.set_num_threads(threads)
+            step_s[threads] = measure_step_seconds(settings, train_clips)
+        threads = all_threads if step_s[all_threads] * 1.5 < step_s[1] else 1
+        torch.set_num_threads(threads)
+        steps = int(min(max(cfg.train_minutes * 60 / step_s[threads], 50), 5000))
+        report(f"a step of {cfg.batch_size} clips takes {step_s[threads]:.2f} s with {threads} thread(s) "
+               f"({', '.join(f'{t}: {s:.2f} s' for t, s in step_s.items())}): {steps} steps fit "
+               f"{cfg.train_minutes:g} min")
+    config = load_config(None, settings + [
+        f"run.output_dir={run_dir}", f"optim.warmup_steps={max(steps // 20, 1)}", f"optim.total_steps={steps}",
+        f"log.every_steps={max(steps // 50, 1)}", f"checkpoint.every_steps={max(steps // 4, 1)}",
+        "checkpoint.keep_last=1",
+        # If the machine gets busier than when the speed was measured, stop (with a checkpoint) rather than overrun.
+        f"run.time_limit_minutes={0 if cfg.steps else 1.2 * cfg.train_minutes}"])
     report(f"pre-training {PRESET} for {steps} steps of {cfg.batch_size} clips "
            f"({'bf16 autocast' if amp_dtype else 'fp32'}) into {run_dir}")
     t2 = time.perf_counter()
