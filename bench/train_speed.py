@@ -108,17 +108,6 @@ def step_flops(preset: str, batch: int, droptoken: bool) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_flops_per_s(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="tiny,base", help="comma-separated: tiny, base")
@@ -144,7 +133,9 @@ def main() -> int:
         return 0
 
     default_threads = torch.get_num_threads()
-    peak = {"fp32": matmul_flops_per_s(torch.float32), "bf16": matmul_flops_per_s(torch.bfloat16)}
+    from bench.model_speed import matmul_peak  # the yardstick of the model benchmark, measured here too
+
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{default_threads} threads; 2048^3 matmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
