@@ -165,7 +165,7 @@ class PretrainConfig:
         positive = {"data.batch_size": self.data.batch_size, "optim.total_steps": self.optim.total_steps,
                     "optim.grad_accum_steps": self.optim.grad_accum_steps,
                     "checkpoint.keep_last": self.checkpoint.keep_last, "log.every_steps": self.log.every_steps,
-                    "run.max_consecutive_bad_steps": self.run.max_consecutive_bad_steps}
+                    "run.max_consecutive_bad_steps": self.run.max_consecutive_bad_steps, "data.fps": self.data.fps}
         non_negative = {"data.num_workers": self.data.num_workers, "optim.warmup_steps": self.optim.warmup_steps,
                         "optim.lr": self.optim.lr, "optim.final_lr": self.optim.final_lr,
                         "optim.weight_decay": self.optim.weight_decay,
@@ -182,6 +182,9 @@ class PretrainConfig:
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
+        for name in ("scale_jitter_prob", "flip_prob", "color_prob"):
+            if not 0.0 <= getattr(self.data, name) <= 1.0:
+                raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(self.data, name)}")
         if self.optim.weight_decay > 0 and self.optim.optimizer == "adam":
             raise ConfigError("optim.weight_decay needs optim.optimizer=adamw (Adam's coupled L2 decay is not offered)")
 
@@ -282,16 +285,4 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def _message(e: Exception) -> str:
     # KeyError's str() wraps the message in quotes.
     return e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-
-
-def field_names(cls: type = PretrainConfig, prefix: str = "") -> list[str]:
-    """Every settable dotted name, e.g. for `vatt pretrain --help` and error messages."""
-    names = []
-    for f in dataclasses.fields(cls):
-        tp = get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
-            names += field_names(tp, f"{prefix}{f.name}.")
-        else:
-            names.append(prefix + f.name)
-    return names
 
