@@ -130,6 +130,15 @@ def test_clips_without_text_or_audio_are_masked_not_dropped(tmp_path):
         assert record["loss"] == pytest.approx(record["loss_video_audio"] / 2)  # official divisor stays 2
 
 
+def test_accumulation_checkpointing_adamw_and_clipping(tmp_path):
+    cfg = tiny_config(tmp_path, "optim.total_steps=2", "optim.grad_accum_steps=2", "model.grad_checkpointing=true",
+                      "optim.optimizer=adamw", "optim.weight_decay=0.05", "optim.grad_clip_norm=0.5")
+    result = pretrain(cfg, train_dataset=SynthClips(16), collate_fn=collate)
+    assert result.step == 2 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in result.history)
+    saved = ckpt.load_train_state(result.last_checkpoint)
+    assert saved["ranks"][0]["data"] == {"epoch": 0, "batches_in_epoch": 4}  # 2 steps x 2 micro-batches = 16 clips
+
+
 def test_nan_batch_is_skipped_and_counted(tmp_path, caplog):
     # 16 clips, batch 8: clip 5 is in exactly one batch per epoch, so 2 of 4 steps see a NaN.
     caplog.set_level(logging.WARNING, logger="vatt.train")
