@@ -240,3 +240,15 @@ def test_cpu_dropout_rate_scale_determinism_and_gradient():
     y.sum().backward()
     assert torch.equal(x.grad != 0, kept)
     assert torch.equal(dropout(x, 0.1, False), x)
+
+
+def test_cpu_dropout_mask_does_not_depend_on_the_thread_count():
+    from vatt.model.dropout import keep_mask
+    before = torch.get_num_threads()
+    masks = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        torch.manual_seed(5)
+        masks.append(keep_mask(torch.Size([3, 1 << 19]), 0.1))
+    torch.set_num_threads(before)
+    assert torch.equal(masks[0], masks[1])

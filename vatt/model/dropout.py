@@ -19,6 +19,7 @@ from torch import nn
 
 _POOL: ThreadPoolExecutor | None = None
 _MIN_PARALLEL = 1 << 18  # below this, one thread is faster than handing out work
+_MAX_CHUNKS = 16
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -33,7 +34,8 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     n = math.prod(shape)
     threshold = np.uint32(min(round(p * 2**32), 2**32 - 1))
     out = np.empty(n, dtype=bool)
-    chunks = max(1, min(torch.get_num_threads(), n // _MIN_PARALLEL))
+    # The split depends on the size only (not on the thread count), so a seed gives the same mask on any machine.
+    chunks = max(1, min(_MAX_CHUNKS, n // _MIN_PARALLEL))
     seeds = torch.randint(0, 2**62, (chunks,)).tolist()  # consume torch's RNG: runs stay repeatable
     bounds = np.linspace(0, n, chunks + 1).astype(np.int64)
 
