@@ -18,5 +18,11 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    # One torch thread: tests check behaviour, not speed, and on a shared 2-core machine a tiny model's step
+    # with two threads can take ten times longer (each operation waits for a descheduled thread).
     torch.manual_seed(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,26 +15,11 @@ from vatt.data.sample_data import write_sample_dataset
 from vatt.data.text import WordTokenizer
 from vatt.embed import (clip_spec, embed_files, embed_text, embedding_arrays, list_media, read_embeddings,
                         read_manifest_entries, write_embeddings)
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.conftest import shared_path as conftest_shared_path
 
 
 def shared_path(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is missing (CI must have ../shared beside the clone)")
-        pytest.skip(f"{path} not available")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return conftest_shared_path("data", *parts)
 
 
 @pytest.fixture(scope="module")

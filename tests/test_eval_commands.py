@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +16,11 @@ from vatt.commands.evaluate import retrieval_from_arrays
 from vatt.data.sample_data import write_sample_dataset
 from vatt.data.text import WordTokenizer
 from vatt.embed import read_embeddings
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.conftest import shared_path as conftest_shared_path
 
 
 def shared_path(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is missing (CI must have ../shared beside the clone)")
-        pytest.skip(f"{path} not available")
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return conftest_shared_path("data", *parts)
 
 
 @pytest.fixture(scope="module")

@@ -27,14 +27,6 @@ from vatt.finetune.weights import init_classifier
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------------------
 # Losses
 # ------------------------------------------------------------------------------------------------------

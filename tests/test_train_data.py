@@ -11,16 +11,6 @@ from vatt.train.loop import pretrain
 from vatt.train.progress import Callback, read_metrics
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny model gains little from a second thread, and when other processes share the cores a step
-    # with two threads can take ten times longer (each operation waits for a descheduled thread).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_ranks_and_micro_batches_partition_the_global_batch():
     one = list(PretrainBatchSampler(20, batch_size=8, seed=3))
     assert len(one) == 2 and all(len(b) == 8 for b in one)  # the last 4 clips are dropped

@@ -8,16 +8,6 @@ from vatt.data.datasets import read_manifest
 from vatt.train.demo import METRICS, DemoConfig, format_table, paraphrases, run_demo
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny model gains little from a second thread, and when other processes share the cores a step
-    # with two threads can take ten times longer (each operation waits for a descheduled thread).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_demo_runs_end_to_end_on_a_few_clips(tmp_path):
     lines = []
     result = run_demo(DemoConfig(out_dir=str(tmp_path), num_clips=40, steps=3, batch_size=8, workers=0),

@@ -29,16 +29,6 @@ from vatt.train.progress import Callback, read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny model gains little from a second thread, and when other processes share the cores a step
-    # with two threads can take ten times longer (each operation waits for a descheduled thread).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class SynthClips(Dataset):
     """Clips whose video, audio and caption all show one of `num_classes` classes, plus per-clip noise.
 
