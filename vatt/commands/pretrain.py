@@ -28,17 +28,12 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
+    from vatt.commands._config import load_or_report
     from vatt.train.config import ConfigError, load_config
 
-    try:
-        config = load_config(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"vatt pretrain: config error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        import yaml
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
-        return 0
+    config, exit_code = load_or_report("pretrain", load_config, ConfigError, args)
+    if config is None:
+        return exit_code
 
     from vatt.train.loop import TrainingDiverged, pretrain
     from vatt.train.progress import ProgressBar, TqdmLoggingHandler
