@@ -36,9 +36,8 @@ def test_crash_mid_write_leaves_latest_intact(tmp_path, monkeypatch):
     model = vatt.build_model("tx_fac_tiny")
     good = _save(tmp_path, 10, model=model)
 
-    def torch_save_then_die(obj, path):
-        with open(path, "wb") as f:
-            f.write(b"half a pickle")
+    def torch_save_then_die(obj, f):
+        f.write(b"half a pickle")
         raise KeyboardInterrupt  # the process is stopped while writing train_state.pt
 
     monkeypatch.setattr(ckpt.torch, "save", torch_save_then_die)

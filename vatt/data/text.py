@@ -31,6 +31,8 @@ import torch
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 
+from vatt.atomic import write_text
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 MAX_NUM_WORDS = 16  # official `max_num_words`
@@ -162,12 +164,13 @@ class WordTokenizer:
             raise ValueError(f"{path}: {e}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the vocabulary as DMVR reads it: ``word`` per line when ids are 0..n-1, else ``id word``."""
+        """Write the vocabulary as DMVR reads it: ``word`` per line when ids are 0..n-1, else ``id word``.
+
+        Atomically (`vatt.atomic`): a failed write raises `WriteFailed` and leaves no partial file."""
         items = sorted(self.word_to_id.items(), key=lambda kv: kv[1])
         contiguous = all(i == idx for i, (_, idx) in enumerate(items))
-        with open(path, "w", encoding="utf-8") as f:
-            for word, idx in items:
-                f.write(f"{word}\n" if contiguous else f"{idx} {word}\n")
+        write_text(path, "".join(f"{word}\n" if contiguous else f"{idx} {word}\n" for word, idx in items),
+                   what="vocabulary")
 
     @classmethod
     def build(

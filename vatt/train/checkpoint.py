@@ -7,26 +7,36 @@ Layout of `<output_dir>/checkpoints/`:
         config.json         the model config
         vocab.txt           the word vocabulary of the captions (when the run built or read one)
         train_state.pt      optimiser, schedule, RNG and data-position state, counters, the run config
+        manifest.json       sizes and SHA-256 of the files above, written last
     step_00002000/ ...
 
-A checkpoint is written into a hidden temporary folder, flushed to disk, then renamed into place: a
-folder named `step_*` is always complete, so a crash mid-write leaves the previous one as the latest.
+A checkpoint is written into a hidden temporary folder, flushed to disk, then renamed into place
+(`vatt.atomic.atomic_folder`): a folder named `step_*` is always complete, so a crash mid-write leaves
+the previous one as the latest, and a failed write (a full disk) raises `WriteFailed` saying which
+checkpoint is intact. A checkpoint damaged afterwards (a partial copy, bit rot) fails its manifest:
+`resumable_checkpoint` then falls back to the newest intact one and renames the damaged ones to
+`step_*.damaged` (kept for inspection, never pruned, never resumed from).
 `train_state.pt` holds only tensors and plain Python values and is read with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vatt import faults
+from vatt.atomic import WriteFailed, atomic_folder, atomic_write, write_text
 from vatt.checkpoint.io import CONFIG as MODEL_CONFIG
-from vatt.checkpoint.io import VOCAB, WEIGHTS
+from vatt.checkpoint.io import VOCAB, WEIGHTS, read_weights, write_weights
+from vatt.checkpoint.manifest import DamagedFolder, verify_folder, write_manifest
+
+log = logging.getLogger("vatt.train")
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 TRAIN_STATE = "train_state.pt"
@@ -52,32 +62,29 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 def save_checkpoint(root: str | Path, step: int, weights: dict[str, torch.Tensor], model_config: dict[str, Any],
                     train_state: dict[str, Any], keep_last: int, tokenizer: Any = None) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep_last`. Returns its folder."""
-    from safetensors.torch import save_file
+    """Write checkpoint `step` atomically, then delete all but the newest `keep_last`. Returns its folder.
 
+    A failed write (disk full, no permission) raises `WriteFailed` naming the checkpoint and the newest
+    intact one; nothing of the failed checkpoint is left.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(root, step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
-        # The same files as `vatt.save`, so that `vatt.load(folder)` reads a checkpoint as a model folder.
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / WEIGHTS),
-                  metadata={"format": "pt"})
-        (tmp / MODEL_CONFIG).write_text(json.dumps(model_config, indent=2) + "\n")
-        if tokenizer is not None:
-            tokenizer.save(tmp / VOCAB)
-        torch.save(train_state, tmp / TRAIN_STATE)
-        for f in tmp.iterdir():
-            _fsync(f)
-        if final.exists():  # re-saving a step (e.g. after a resume): move the old one out of the way first
-            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=root))
-            os.replace(final, old / final.name)
-            shutil.rmtree(old)
-        os.replace(tmp, final)
-        _fsync(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(final, what="checkpoint") as tmp:
+            # The same files as `vatt.save`, so that `vatt.load(folder)` reads a checkpoint as a model folder.
+            write_weights(tmp / WEIGHTS, weights)
+            faults.point("checkpoint.write", step)
+            write_text(tmp / MODEL_CONFIG, json.dumps(model_config, indent=2) + "\n")
+            if tokenizer is not None:
+                tokenizer.save(tmp / VOCAB)
+            with atomic_write(tmp / TRAIN_STATE) as f:  # its file object keeps the OSError torch.save hides
+                torch.save(train_state, f)
+            write_manifest(tmp)  # last: it vouches for the files above
+    except WriteFailed as e:
+        previous = latest_checkpoint(root)
+        raise WriteFailed(e.path, e.cause, f"checkpoint {final.name} (the previous checkpoint, "
+                                           f"{previous or 'none'}, is intact; free space and resume):") from e
+    faults.point("checkpoint.written", step)
     _prune(root, keep_last)
     return final
 
@@ -89,18 +96,36 @@ def _prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def resumable_checkpoint(root: str | Path, quarantine: bool = True) -> Path | None:
+    """The newest checkpoint under `root` whose files match its manifest, None if there is none.
+
+    A damaged newer one is logged with the file and the reason and, with `quarantine`, renamed to
+    `step_*.damaged` (so that it is neither resumed from nor counted by `keep_last`). If every
+    checkpoint is damaged, raises `DamagedFolder` for the newest.
+    """
+    found = list_checkpoints(root)
+    damaged: list[DamagedFolder] = []
+    for folder in reversed(found):
+        try:
+            verify_folder(folder, required=[WEIGHTS, TRAIN_STATE])
+        except DamagedFolder as e:
+            damaged.append(e)
+            continue
+        for e in damaged:
+            log.warning("checkpoint %s is damaged (%s: %s); resuming from the newest intact one, %s",
+                        e.folder.name, e.file, e.reason, folder.name)
+            if quarantine:
+                os.replace(e.folder, e.folder.with_name(e.folder.name + ".damaged"))
+        return folder
+    if damaged:
+        raise DamagedFolder(damaged[0].folder, damaged[0].file,
+                            f"{damaged[0].reason}; and no older checkpoint under {root} is intact")
+    return None
 
 
-def load_weights(folder: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(folder) / WEIGHTS))
+def load_weights(folder: str | Path, verify: bool = True) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint (or model folder), checked as `vatt.checkpoint.io.read_weights` does."""
+    return read_weights(folder, verify=verify)
 
 
 def load_train_state(folder: str | Path) -> dict[str, Any]:
