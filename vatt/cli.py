@@ -10,6 +10,9 @@ import importlib
 import os
 import sys
 
+from vatt.atomic import WriteFailed
+from vatt.data.errors import DataWorkerDied
+
 # command name -> (module, one-line help). Command modules keep heavy imports (torch, av, tensorflow)
 # inside run(), so building the parser stays fast and an optional dependency only affects its own command.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._module.run(args) or 0)
+    except (WriteFailed, DataWorkerDied) as e:
+        # The run could not go on (disk full, a worker killed); the message says what was kept and how to go on.
+        if os.environ.get("VATT_DEBUG"):
+            raise
+        print(f"vatt {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, KeyError, TypeError, FileNotFoundError, ImportError) as e:
         # Bad input or configuration: one clear line, no traceback (VATT_DEBUG=1 shows it).
         if os.environ.get("VATT_DEBUG"):

@@ -40,6 +40,7 @@ are captions, `<name>.text.csv`. See `write_embeddings` for the array names.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -51,6 +52,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from vatt.atomic import atomic_group
+from vatt.data.errors import is_worker_death, worker_died
 
 MODALITIES = ("video", "audio", "text")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
@@ -482,7 +486,7 @@ def embed_files(model: nn.Module, paths: Sequence[str | os.PathLike], *, modalit
     starts: dict[int, torch.Tensor] = {}
     masks: dict[int, torch.Tensor] = {}
     errors: list[MediaError] = []
-    with _EvalMode(model):
+    with _EvalMode(model), _worker_death_reported(len(paths)):
         for done, item in enumerate(loader, start=1):
             if item["error"] is not None:
                 if not skip_bad:
@@ -520,6 +524,17 @@ def embed_files(model: nn.Module, paths: Sequence[str | os.PathLike], *, modalit
         setattr(result, m, Embeddings(modality=m, paths=result.paths, start_s=result.start_s,
                                       mask=result.audio_mask if m == "audio" else None, **arrays))
     return result
+
+
+@contextlib.contextmanager
+def _worker_death_reported(num_files: int):
+    try:
+        yield
+    except RuntimeError as e:
+        if not is_worker_death(e):
+            raise
+        raise worker_died(e, f"Embedding of {num_files} files stopped; nothing was written: run it again "
+                             "(with fewer workers if memory is short).") from None
 
 
 def _rows_with_nan(results: Mapping[int, Mapping[str, torch.Tensor]], kept: list[int],
@@ -744,36 +759,36 @@ def write_embeddings(path: str | os.PathLike, files: FileEmbeddings | None = Non
     if path.suffix != ".npz":
         raise ValueError(f"embeddings are written as .npz (+ .csv index); got {path}")
     arrays = embedding_arrays(files, text, text_clip=text_clip, meta=meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
     written = [path]
-    if files is not None:
-        w = files.num_windows
-        extra_cols = list(dict.fromkeys(k for e in files.entries for k in e.fields))
-        index = _csv_path(path)
-        with open(index, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["row", "clip", "window", "path", "start_s", "video_end_s", "audio_end_s", "has_video",
-                             "has_audio", "audio_mask", "caption"] + extra_cols)
-            for row in range(len(files) * w):
-                clip = row // w
-                entry = files.entries[clip] if files.entries else MediaEntry(files.paths[clip])
-                writer.writerow([row, clip, row % w, files.paths[clip]]
-                                + [_fmt(arrays[k][row]) for k in ("start_s", "video_end_s", "audio_end_s")]
-                                + [int(arrays["has_video"][row]), int(arrays["has_audio"][row]),
-                                   _fmt(arrays["audio_mask"][row]), entry.captions[0] if entry.captions else ""]
-                                + [entry.fields.get(k, "") for k in extra_cols])
-        written.append(index)
-    if text is not None:
-        index = _csv_path(path, ".text")
-        with open(index, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["row", "clip", "text"])
-            for row, (clip, caption) in enumerate(zip(arrays["text_clip"].tolist(), arrays["text"].tolist())):
-                writer.writerow([row, clip, caption])
-        written.append(index)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **{**arrays, "meta": np.array(json.dumps(arrays["meta"]))})
-    os.replace(tmp, path)
+    # All files change together (`vatt.atomic`): a failed write leaves the previous set, or none, in place.
+    with atomic_group(what="embeddings") as group:
+        if files is not None:
+            w = files.num_windows
+            extra_cols = list(dict.fromkeys(k for e in files.entries for k in e.fields))
+            index = _csv_path(path)
+            with group.open(index, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["row", "clip", "window", "path", "start_s", "video_end_s", "audio_end_s",
+                                 "has_video", "has_audio", "audio_mask", "caption"] + extra_cols)
+                for row in range(len(files) * w):
+                    clip = row // w
+                    entry = files.entries[clip] if files.entries else MediaEntry(files.paths[clip])
+                    writer.writerow([row, clip, row % w, files.paths[clip]]
+                                    + [_fmt(arrays[k][row]) for k in ("start_s", "video_end_s", "audio_end_s")]
+                                    + [int(arrays["has_video"][row]), int(arrays["has_audio"][row]),
+                                       _fmt(arrays["audio_mask"][row]), entry.captions[0] if entry.captions else ""]
+                                    + [entry.fields.get(k, "") for k in extra_cols])
+            written.append(index)
+        if text is not None:
+            index = _csv_path(path, ".text")
+            with group.open(index, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["row", "clip", "text"])
+                for row, (clip, caption) in enumerate(zip(arrays["text_clip"].tolist(), arrays["text"].tolist())):
+                    writer.writerow([row, clip, caption])
+            written.append(index)
+        with group.open(path) as f:
+            np.savez(f, **{**arrays, "meta": np.array(json.dumps(arrays["meta"]))})
     return written
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 KEY = "word_embeddings"
@@ -49,7 +49,8 @@ def convert_word2vec_pickle(pickle_path: str | Path, out_path: str | Path, allow
     if table.ndim != 2:
         raise ValueError(f"{pickle_path}: {KEY} must be [vocab, dim], got shape {table.shape}")
     tensor = torch.from_numpy(table.copy())
-    save_file({KEY: tensor}, str(out_path))
+    from vatt.checkpoint.io import write_weights  # atomic: a failed write leaves no partial file
+    write_weights(out_path, {KEY: tensor}, what="word embeddings")
     return tensor
 
 

@@ -123,11 +123,9 @@ def write_json(path, record: dict) -> str:
             return [clean(v) for v in x]
         return x
 
+    from vatt.atomic import write_text
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean(record), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(clean(record), indent=2) + "\n", what="results")
     return str(path)
 
 

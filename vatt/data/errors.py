@@ -51,3 +51,24 @@ class MediaError(Exception):
         # DataLoader workers pickle exceptions to send them to the main process; the default
         # reduce would call __init__ with the formatted message only.
         return (type(self), (self.path, self.reason, self.detail))
+
+
+class DataWorkerDied(RuntimeError):
+    """A DataLoader worker process died without an error of its own: killed by a signal (the kernel's
+    out-of-memory killer, a SIGKILL). The message says what happened and how to go on."""
+
+
+def is_worker_death(err: BaseException) -> bool:
+    """True for the error torch's DataLoader raises in the main process when a worker process dies
+    ("DataLoader worker (pid N) is killed by signal: Killed.", "... exited unexpectedly"), as opposed
+    to an exception raised by the dataset inside a worker (re-raised as "Caught X in DataLoader worker")."""
+    return isinstance(err, RuntimeError) and not isinstance(err, DataWorkerDied) \
+        and str(err).startswith("DataLoader worker (pid")
+
+
+def worker_died(err: BaseException, what_next: str) -> DataWorkerDied:
+    """The `DataWorkerDied` to raise for torch's worker-death error `err`; `what_next` tells the user
+    where the run stopped and how to continue."""
+    return DataWorkerDied(f"a data-loading worker process died: {str(err).strip()} (a process killed from outside, "
+                          f"usually by the out-of-memory killer: fewer data workers or a smaller batch need less "
+                          f"memory). {what_next}")

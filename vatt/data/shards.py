@@ -51,6 +51,7 @@ from vatt.data.datasets import (
     sample_seed,
     select_captions,
 )
+from vatt.atomic import write_json
 from vatt.data.errors import MediaError
 from vatt.data.text import WordTokenizer
 
@@ -213,7 +214,7 @@ def write_shards(
     report.num_bytes = sum(p.stat().st_size for p in writer.paths)
     index = {"shards": [{"name": p.name, "count": c} for p, c in zip(writer.paths, writer.counts)],
              "num_samples": report.num_samples, "manifest": os.fspath(manifest)}
-    (out / INDEX_FILE).write_text(json.dumps(index, indent=1), encoding="utf-8")
+    write_json(out / INDEX_FILE, index, indent=1)
     report.seconds = time.perf_counter() - t0
     return report
 

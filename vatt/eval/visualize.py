@@ -49,9 +49,10 @@ def _new_figure(size_inches: tuple[float, float], dpi: int):
 
 
 def _save(fig, path) -> Path:
+    from vatt.atomic import atomic_write
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=fig.dpi)
+    with atomic_write(path, what="picture") as f:
+        fig.savefig(f, format="png", dpi=fig.dpi)
     return path
 
 

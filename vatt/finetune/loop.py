@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from vatt.atomic import atomic_folder, write_text
 from vatt.data.datasets import collate, sample_seed
+from vatt.data.errors import is_worker_death, worker_died
 from vatt.finetune.config import ConfigError, FinetuneConfig
 from vatt.finetune.evaluate import ClassificationResult, classification_metrics, predict
 from vatt.finetune.losses import cross_entropy_on_probabilities, sigmoid_cross_entropy, smooth_labels
@@ -158,8 +159,7 @@ class _Run:
         if resume:
             self._resume()
         if self.env.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n", what="run config")
         writer = None
         if self.env.is_main:
             writer = MetricsWriter(self.out, cfg.log.tensorboard, self.step if resume else None)
@@ -199,6 +199,12 @@ class _Run:
                     result.last_checkpoint = self.save()
             if self.val_dataset is None and self.env.is_main:
                 self._save_model(self.out / "final", {"step": self.step, "note": "no validation data"})
+        except RuntimeError as e:
+            if not is_worker_death(e):  # torch raises it wherever the main process is when a worker dies
+                raise
+            raise worker_died(e, f"Fine-tuning stopped after step {self.step}; the last checkpoint is "
+                                 f"{ckpt.latest_checkpoint(self.ckpt_root) or 'none'}: run again with --resume "
+                                 "(resume=True) to continue from it.") from None
         finally:
             if writer:
                 writer.close()
@@ -335,17 +341,12 @@ class _Run:
         """A vatt model folder (loadable with `vatt.load`) plus classes.txt and <folder>.json-style info."""
         from vatt.checkpoint.io import save
 
-        tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-        save(self.raw_model, tmp, config=self.model_config)
-        (tmp / "classes.txt").write_text("".join(f"{c}\n" for c in self.classes), encoding="utf-8")
-        (tmp / "best.json" if folder.name == "best" else tmp / "info.json").write_text(
-            json.dumps({**info, "classes": len(self.classes), "init": self.init.describe()}, indent=2) + "\n")
-        if folder.exists():
-            import shutil
-            old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
-            os.replace(folder, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, folder)
+        info_name = "best.json" if folder.name == "best" else "info.json"
+        extra = {"classes.txt": "".join(f"{c}\n" for c in self.classes),
+                 info_name: json.dumps({**info, "classes": len(self.classes), "init": self.init.describe()},
+                                       indent=2) + "\n"}
+        with atomic_folder(folder, what="model folder") as tmp:
+            save(self.raw_model, tmp, config=self.model_config, extra_files=extra)
 
     # ------------------------------------------------------------------------------------------------
     def save(self) -> Path | None:
@@ -365,12 +366,15 @@ class _Run:
         return folder
 
     def _resume(self) -> None:
+        if self.env.is_main:  # checks the manifests, sets damaged checkpoints aside; the other ranks follow
+            ckpt.resumable_checkpoint(self.ckpt_root)
+        barrier()
         folder = ckpt.latest_checkpoint(self.ckpt_root)
         if folder is None:
             log.info("resume: no checkpoint under %s; starting from step 0", self.ckpt_root)
             return
         saved = ckpt.load_train_state(folder)
-        self.raw_model.load_state_dict(ckpt.load_weights(folder))
+        self.raw_model.load_state_dict(ckpt.load_weights(folder, verify=False))
         self.optimizer.load_state_dict(saved["optimizer"])
         progress = saved["progress"]
         self.step, self.skipped_steps = int(progress["step"]), int(progress["skipped_steps"])

@@ -159,12 +159,11 @@ def init_classifier(model: nn.Module, source: str | os.PathLike | None) -> InitR
         return InitReport(source="", kind="scratch")
     path = Path(source)
     if path.is_dir():
-        from safetensors.torch import load_file
-
-        from vatt.checkpoint.io import WEIGHTS, load_config
+        from vatt.checkpoint.io import load_config, read_weights
         folder = _resolve_folder(path)
-        state = load_file(str(folder / WEIGHTS))
-        mapped, report = state_from_model(model, state, load_config(folder), str(folder))
+        config = load_config(folder)
+        state = read_weights(folder, config)  # manifest, sizes and shapes checked as vatt.load does
+        mapped, report = state_from_model(model, state, config, str(folder))
     else:
         from vatt.checkpoint.convert_tf import convert_tf_checkpoint
         if not any(Path(str(path) + suffix).exists() for suffix in (".index", ".meta")) and not path.exists():

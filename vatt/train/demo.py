@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from vatt.atomic import write_json
 
 log = logging.getLogger("vatt.train")
 
@@ -321,7 +322,7 @@ def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
     files["results"] = str(out / "results.json")
     files["metrics"] = str(run_dir / "metrics.jsonl")
     files["checkpoint"] = str(result.last_checkpoint)
-    (out / "results.json").write_text(json.dumps(demo.as_dict(), indent=2, ensure_ascii=False) + "\n")
+    write_json(out / "results.json", demo.as_dict(), what="results", ensure_ascii=False)
     return demo
 
 

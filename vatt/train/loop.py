@@ -27,8 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from vatt import faults
 from vatt.checkpoint.io import load_state
 from vatt.data.datasets import collate, sample_seed
+from vatt.data.errors import is_worker_death, worker_died
 from vatt.train import checkpoint as ckpt
 from vatt.train.config import PretrainConfig
 from vatt.train.data import MicroBatches
@@ -118,7 +120,7 @@ class _Run:
             from vatt.checkpoint.word2vec import load_word_embeddings
             load_word_embeddings(model, cfg.model.word_embeddings)
         if cfg.model.init_from:
-            load_state(model, ckpt.load_weights(cfg.model.init_from), strict=True)
+            load_state(model, ckpt.load_weights(cfg.model.init_from), strict=True)  # checked as vatt.load does
         if cfg.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
         model = convert_batchnorm(model.to(env.device))  # FAC-head BN over the global batch, as SyncBN
@@ -175,6 +177,7 @@ class _Run:
                 step_metrics.update(seconds=seconds, data_seconds=data_seconds, clips_per_s=cfg.data.batch_size / seconds)
                 state.step += 1
                 window.append(step_metrics)
+                faults.point("train.step", state.step)
                 self._emit("on_step", state.step, step_metrics)
                 last = state.step == cfg.optim.total_steps
                 out_of_time = not last and self._out_of_time(started)
@@ -200,6 +203,13 @@ class _Run:
                                 "(resume to continue)", state.step, cfg.run.time_limit_minutes)
                     result.stopped_early = True
                     break
+        except RuntimeError as e:
+            # torch raises this from wherever the main process is when a worker dies (its SIGCHLD handler)
+            if not is_worker_death(e):
+                raise
+            raise worker_died(e, f"Pre-training stopped after step {state.step}; the last checkpoint is "
+                                 f"{ckpt.latest_checkpoint(self.ckpt_root) or 'none'}: run again with --resume "
+                                 "(resume=True) to continue from it.") from None
         finally:
             if writer:
                 writer.close()
@@ -332,13 +342,17 @@ class _Run:
     def _resume(self) -> None:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
+        # Rank 0 checks the checkpoints' manifests (and sets damaged ones aside); the others follow its choice.
+        if self.env.is_main:
+            ckpt.resumable_checkpoint(self.ckpt_root)
+        barrier()
         folder = ckpt.latest_checkpoint(self.ckpt_root)
         if folder is None:
             log.info("resume: no checkpoint under %s; starting from step 0", self.ckpt_root)
             return
         saved = ckpt.load_train_state(folder)
         options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.raw_model, ckpt.load_weights(folder), options=options)
+        set_model_state_dict(self.raw_model, ckpt.load_weights(folder, verify=False), options=options)
         set_optimizer_state_dict(self.raw_model, self.optimizer, saved["optimizer"], options=options)
         self.state = TrainState(**saved["progress"])
         ranks = saved["ranks"]
@@ -355,6 +369,7 @@ class _Run:
             raise ValueError(f"resume: the checkpoint was written by {len(ranks)} ranks reading shards; "
                              f"resume with the same number of ranks (now {self.env.world_size})")
         log.info("resumed from %s at step %d (epoch %d)", folder, self.state.step, self.data.epoch)
+        faults.point("resume.loaded")
 
     # ------------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:

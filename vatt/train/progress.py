@@ -14,6 +14,10 @@ import types
 from pathlib import Path
 from typing import Any
 
+from vatt.atomic import WriteFailed, write_text
+
+log = logging.getLogger("vatt.train")
+
 
 class Callback:
     """Hooks called by `pretrain` on rank 0. Override the ones you need."""
@@ -44,10 +48,11 @@ class MetricsWriter:
         for kind, name in self.FILES.items():
             path = directory / name
             if resume_step is None:
-                path.write_text("")  # a fresh run starts fresh files
+                write_text(path, "")  # a fresh run starts fresh files
             elif path.exists():
                 _truncate_after(path, resume_step)
             self.files[kind] = path.open("a")
+        self.paths = {kind: directory / name for kind, name in self.FILES.items()}
         self.tb = None
         if tensorboard:
             # TensorBoard imports TensorFlow when it is installed (the [tf] extra): 7 s, ~0.5 GB per rank and
@@ -59,8 +64,11 @@ class MetricsWriter:
     def write(self, record: dict[str, Any], kind: str = "train") -> None:
         # NaN (a skipped step's loss) is not JSON: write null.
         clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-        self.files[kind].write(json.dumps(clean) + "\n")
-        self.files[kind].flush()
+        try:  # appended: a failed write leaves at most a torn last line, which a resume drops
+            self.files[kind].write(json.dumps(clean) + "\n")
+            self.files[kind].flush()
+        except OSError as e:
+            raise WriteFailed(self.paths[kind], e, "metrics") from e
         if self.tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -74,9 +82,16 @@ class MetricsWriter:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    # A resumed run redoes the steps after its checkpoint; drop the old records of those steps.
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    # A resumed run redoes the steps after its checkpoint; drop the old records of those steps, and a last
+    # line torn by a crash or a full disk in the middle of writing it.
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if line.strip() and json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: dropped an incomplete record (%r)", path, line[:80])
+    write_text(path, "".join(line + "\n" for line in kept), what="metrics")
 
 
 def read_metrics(directory: str | Path, kind: str = "train") -> list[dict[str, Any]]:
