@@ -49,6 +49,7 @@ import torch
 import torch.utils.data
 from av.video.reformatter import VideoReformatter
 
+from vatt import faults
 from vatt.data.errors import MediaError
 
 REF_FPS = 10.0  # official pre-training frame rate (`data/dataloaders.py:REF_FPS`)
@@ -120,6 +121,7 @@ def _ffmpeg_detail(err: Exception) -> str:
 
 def _open(path: str) -> av.container.InputContainer:
     """Open by content (FFmpeg probes the bytes; the extension is not trusted)."""
+    faults.point("data.decode")
     try:
         info = os.stat(path)
     except FileNotFoundError:

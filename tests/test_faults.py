@@ -1,0 +1,111 @@
+"""Crashes: a pre-training run on shards killed at many points and resumed ends where an uninterrupted one
+does; a DataLoader worker killed by the system stops pre-training, fine-tuning and embedding with a
+message, quickly, and the work resumes.
+
+Kills are made deterministic by the fault-injection points of `vatt.faults` (VATT_FAULT=<point>:<n>).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vatt.data.sample_data import write_sample_dataset
+from vatt.data.shards import write_shards
+from vatt.data.text import WordTokenizer
+from vatt.train import checkpoint as ckpt
+from vatt.train.config import load_config
+from vatt.train.loop import pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(sample folder, shard folder, vocabulary) of 8 real mp4 clips."""
+    out = tmp_path_factory.mktemp("soak")
+    write_sample_dataset(out / "sample", num_clips=8, seed=0)
+    write_shards(out / "sample" / "manifest.csv", out / "shards", max_count=4)
+    with open(out / "sample" / "manifest.csv", encoding="utf-8", newline="") as f:
+        WordTokenizer.build(r["caption"] for r in csv.DictReader(f)).save(out / "vocab.txt")
+    return out / "sample", out / "shards", out / "vocab.txt"
+
+
+def _settings(shards: tuple[Path, Path, Path], out: Path) -> list[str]:
+    # 8 clips, batch 4, one worker: 2 steps per epoch, 5 epochs; a checkpoint every 2 steps. Dropout,
+    # DropToken and the augmentations stay on: resuming must redraw them exactly.
+    return [f"run.output_dir={out}", f"data.train={shards[1]}", f"data.vocab={shards[2]}", "data.batch_size=4",
+            "data.num_workers=1", "data.shuffle_buffer=3", "data.max_context_sentences=0", "optim.lr=1e-3",
+            "optim.warmup_steps=2", f"optim.total_steps={STEPS}", "checkpoint.every_steps=2",
+            "checkpoint.keep_last=2", "log.every_steps=1", "log.tensorboard=false", "run.precision=fp32",
+            "eval.every_steps=0"]
+
+
+def _run(settings: list[str], fault: str | None, log: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`vatt pretrain` in its own process group (so that a `:group` fault kills the run and its workers)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("VATT_FAULT", None)
+    if fault:
+        env["VATT_FAULT"] = fault
+    args = [sys.executable, "-m", "vatt", "pretrain", "--resume", *[a for s in settings for a in ("--set", s)]]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        finally:
+            try:  # leftover workers of a killed main process
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return subprocess.CompletedProcess(args, rc, log.read_text(), "")
+
+
+def test_killed_at_six_points_and_resumed_ends_with_identical_weights(tmp_path, shards):
+    reference = tmp_path / "reference"
+    pretrain(load_config(None, _settings(shards, reference)))
+    want = ckpt.latest_checkpoint(reference / "checkpoints")
+    assert want.name == f"step_{STEPS:08d}"
+
+    out = tmp_path / "soak"
+    settings = _settings(shards, out)
+    root = out / "checkpoints"
+    kills = [  # (fault, what must hold after it)
+        ("train.step:3", "step_00000002"),                # main process killed after an update, between checkpoints
+        ("checkpoint.write:6", "step_00000004"),          # killed with checkpoint 6 half-written
+        ("data.decode:3:group", "step_00000004"),         # run and worker killed while decoding clips
+        ("checkpoint.written:8", "step_00000008"),        # killed right after checkpoint 8 was renamed into place
+        ("data.decode:2", "step_00000008"),               # only the DataLoader worker killed (OOM killer)
+        ("resume.loaded:1", "step_00000008"),             # killed while resuming
+    ]
+    survived = []
+    for fault, latest in kills:
+        result = _run(settings, fault, tmp_path / f"{fault.replace(':', '_')}.log")
+        if fault == "data.decode:2":  # the run reports the dead worker itself
+            assert result.returncode == 1, result.stdout[-3000:]
+            assert "data-loading worker process died" in result.stdout and "--resume" in result.stdout
+            assert "Traceback" not in result.stdout
+        else:
+            assert result.returncode == -signal.SIGKILL, (fault, result.returncode, result.stdout[-3000:])
+        assert ckpt.latest_checkpoint(root).name == latest, (fault, result.stdout[-3000:])
+        survived.append(fault)
+        if fault == "checkpoint.write:6":
+            assert not (root / "step_00000006").exists() and list(root.glob(".tmp-step_00000006-*"))
+    result = _run(settings, None, tmp_path / "final.log")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert not list(root.glob(".tmp-*"))  # the half-written checkpoint was cleaned up by a later save
+    got = ckpt.latest_checkpoint(root)
+    assert got.name == want.name and len(survived) == 6
+    # Identical weights: the safetensors files are byte for byte the same (0 bytes differ).
+    a, b = (want / "model.safetensors").read_bytes(), (got / "model.safetensors").read_bytes()
+    bytes_differing = sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
+    assert bytes_differing == 0, f"{bytes_differing} bytes of the weights differ"
+    wa, wb = ckpt.load_weights(want), ckpt.load_weights(got)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
