@@ -7,7 +7,9 @@ Kills are made deterministic by the fault-injection points of `vatt.faults` (VAT
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import vatt
 from vatt.data.sample_data import write_sample_dataset
 from vatt.data.shards import write_shards
 from vatt.data.text import WordTokenizer
+from vatt.embed import read_embeddings
 from vatt.train import checkpoint as ckpt
 from vatt.train.config import load_config
 from vatt.train.loop import pretrain
@@ -109,3 +113,89 @@ def test_killed_at_six_points_and_resumed_ends_with_identical_weights(tmp_path, 
     assert bytes_differing == 0, f"{bytes_differing} bytes of the weights differ"
     wa, wb = ckpt.load_weights(want), ckpt.load_weights(got)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def test_pretraining_worker_killed_by_the_system_stops_quickly_and_resumes(tmp_path, shards):
+    # Manifest data: persistent workers, killed from outside as the out-of-memory killer would.
+    out = tmp_path / "run"
+    settings = [f"run.output_dir={out}", f"data.train={shards[0] / 'manifest.csv'}", f"data.vocab={shards[2]}",
+                "data.batch_size=4", "data.num_workers=2", "data.max_context_sentences=0", "optim.warmup_steps=2",
+                "optim.total_steps=1000", "checkpoint.every_steps=2", "log.every_steps=1", "log.tensorboard=false",
+                "run.precision=fp32"]
+    log = tmp_path / "run.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "vatt", "pretrain", *[a for s in settings for a in ("--set", s)]],
+                                cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while ckpt.latest_checkpoint(out / "checkpoints") is None or not _children(proc.pid):
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        os.kill(_children(proc.pid)[0], signal.SIGKILL)
+        killed = time.monotonic()
+        rc = proc.wait(timeout=60)
+        seconds = time.monotonic() - killed
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    text = log.read_text()
+    assert rc == 1 and seconds < 10, (rc, seconds, text[-3000:])
+    assert "vatt pretrain: error: a data-loading worker process died: DataLoader worker (pid" in text
+    assert "killed by signal: Killed" in text and "the last checkpoint is" in text and "--resume" in text
+    assert "Traceback" not in text
+    step = int(ckpt.latest_checkpoint(out / "checkpoints").name.split("_")[1])
+    result = pretrain(load_config(None, [*settings, f"optim.total_steps={step + 1}", "data.num_workers=0"]),
+                      resume=True)
+    assert result.step == step + 1 and [r["step"] for r in result.history] == [step + 1]
+
+
+def _cli(args: list[str], fault: str | None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("VATT_FAULT", None)
+    if fault:
+        env["VATT_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "vatt", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_finetuning_worker_death_stops_with_a_message_and_resumes(tmp_path, shards):
+    out = tmp_path / "run"
+    args = ["finetune", "--config", str(ROOT / "configs" / "finetune_sample_tiny.yaml"),
+            "--set", f"data.train={shards[0] / 'manifest.csv'}", "--set", f"run.output_dir={out}",
+            "--set", "optim.total_steps=6", "--set", "data.batch_size=2", "--set", "data.num_workers=1",
+            "--set", "checkpoint.every_steps=2", "--set", "data.num_windows_test=1", "--set", "eval.every_steps=0"]
+    # The worker dies at its 18th file opening (2 per clip: probe and decode), in the 5th batch: the main
+    # process, which asks for a batch two ahead, has taken the 3rd, so step 2 and its checkpoint are done.
+    died = _cli(args, "data.decode:18")
+    assert died.returncode == 1, died.stderr[-3000:]
+    assert "vatt finetune: error: a data-loading worker process died" in died.stderr
+    assert re.search(r"the last checkpoint is \S+step_0000000[24]: run again with --resume", died.stderr), died.stderr
+    assert "Traceback" not in died.stderr
+    assert not (out / "results.json").exists()  # no silent partial result
+    resumed = _cli([*args, "--resume"], None)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["steps"] == 6
+
+
+def test_embedding_worker_death_writes_nothing_and_says_so(tmp_path, shards):
+    sample, _, _ = shards
+    model = vatt.save(vatt.build_model("vit_tiny_classifier"), tmp_path / "m")
+    args = ["embed", str(model), str(sample / "manifest.csv"), "--workers", "1", "--out", str(tmp_path / "e.npz")]
+    died = _cli(args, "data.decode:3")
+    assert died.returncode == 1, died.stderr[-3000:]
+    assert "vatt embed: error: a data-loading worker process died" in died.stderr
+    assert "nothing was written: run it again" in died.stderr and "Traceback" not in died.stderr
+    assert not list(tmp_path.glob("e.*"))
+    again = _cli(args, None)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(read_embeddings(tmp_path / "e.npz")["path"]) == 8
