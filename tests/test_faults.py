@@ -151,7 +151,9 @@ def test_pretraining_worker_killed_by_the_system_stops_quickly_and_resumes(tmp_p
     text = log.read_text()
     assert rc == 1 and seconds < 10, (rc, seconds, text[-3000:])
     assert "vatt pretrain: error: a data-loading worker process died: DataLoader worker (pid" in text
-    assert "killed by signal: Killed" in text and "the last checkpoint is" in text and "--resume" in text
+    # torch names the signal when its SIGCHLD handler sees the death first, else the worker's exit
+    assert "killed by signal: Killed" in text or "exited unexpectedly" in text
+    assert "the last checkpoint is" in text and "--resume" in text
     assert "Traceback" not in text
     step = int(ckpt.latest_checkpoint(out / "checkpoints").name.split("_")[1])
     result = pretrain(load_config(None, [*settings, f"optim.total_steps={step + 1}", "data.num_workers=0"]),
