@@ -201,3 +201,22 @@ def test_embedding_worker_death_writes_nothing_and_says_so(tmp_path, shards):
     again = _cli(args, None)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(read_embeddings(tmp_path / "e.npz")["path"]) == 8
+
+
+def test_any_command_reports_a_dead_worker_without_a_traceback(monkeypatch, capsys):
+    from vatt.cli import main
+    from vatt.commands import evaluate
+
+    def dies(args):
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+    monkeypatch.setattr(evaluate, "run", dies)
+    assert main(["eval", "retrieval", "m", "clips.csv"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vatt eval: error: a data-loading worker process died: DataLoader worker (pid 4242)")
+    assert "run the command again" in err and err.count("\n") == 1
+
+    def bug(args):
+        raise RuntimeError("a bug, not a dead worker")
+    monkeypatch.setattr(evaluate, "run", bug)
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors keep their traceback
+        main(["eval", "retrieval", "m", "clips.csv"])
