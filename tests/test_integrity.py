@@ -156,3 +156,20 @@ def test_every_checkpoint_damaged_stops_the_resume(tmp_path):
     _flip_byte(out / "checkpoints" / "step_00000002" / "train_state.pt")
     with pytest.raises(DamagedFolder, match=r"train_state\.pt: damaged.*no older checkpoint .* is intact"):
         _run(out, 4, resume=True)
+
+
+def test_finetuning_resume_falls_back_past_a_damaged_checkpoint(tmp_path, caplog):
+    from tests.test_finetune import SynthTones, _config
+    from vatt.finetune.loop import finetune
+    extra = ["optim.total_steps=8", "checkpoint.every_steps=4", "eval.every_steps=0"]
+    first = finetune(_config(tmp_path, *extra), train_dataset=SynthTones(), val_dataset=None)
+    final = ckpt.load_weights(first.last_checkpoint)
+    weights = first.last_checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # a partial copy
+    caplog.set_level(logging.WARNING, logger="vatt.train")
+    resumed = finetune(_config(tmp_path, *extra), resume=True, train_dataset=SynthTones(), val_dataset=None)
+    assert any("checkpoint step_00000008 is damaged" in m and "step_00000004" in m for m in caplog.messages)
+    assert [r["step"] for r in resumed.history] == [5, 8]
+    again = ckpt.load_weights(resumed.last_checkpoint)
+    for k in final:  # as close as test_finetune's resume test asks
+        torch.testing.assert_close(again[k], final[k], msg=k)

@@ -182,7 +182,7 @@ def atomic_folder(path: str | os.PathLike, what: str = "") -> Iterator[Path]:
             if f.is_file():
                 fsync(f)
         if path.exists():  # replacing: move the old one out of the way first (rename cannot replace a folder)
-            old = _temp_path(path.with_name(f".old-{path.name}"), folder=True)
+            old = _temp_path(path, folder=True)  # a crash here leaves a `.tmp-*` that checkpoint pruning removes
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
