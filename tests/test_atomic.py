@@ -6,9 +6,7 @@ import errno
 import json
 import os
 
-import numpy as np
 import pytest
-import torch
 
 import vatt
 from vatt import atomic
@@ -162,3 +160,18 @@ def test_a_real_write_limit_gives_the_same_clean_failure(tmp_path):
     assert "could not write embeddings" in proc.stderr and "File too large (EFBIG)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("e.*")) and _leftovers(tmp_path) == []
+
+
+def test_written_files_and_folders_get_the_usual_permissions(tmp_path):
+    # Shared model folders must stay readable by others: not the 0600 / 0700 of a temporary file.
+    umask = os.umask(0o022)
+    try:
+        folder = vatt.save(vatt.build_model("tx_fac_tiny"), tmp_path / "m")
+        with atomic.atomic_folder(tmp_path / "c") as tmp:
+            atomic.write_text(tmp / "a.txt", "a")
+    finally:
+        os.umask(umask)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in [folder, *folder.iterdir(), tmp_path / "c",
+                                                              tmp_path / "c" / "a.txt"]}
+    assert modes == {"m": "0o755", "model.safetensors": "0o644", "config.json": "0o644", "manifest.json": "0o644",
+                     "c": "0o755", "a.txt": "0o644"}

@@ -21,10 +21,10 @@ import errno as errno_codes
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Iterator
 
 
 class WriteFailed(OSError):
@@ -47,12 +47,19 @@ class WriteFailed(OSError):
 
 
 def _temp_path(path: Path, folder: bool = False) -> Path:
-    # Hidden, beside the target (same file system, so the rename is atomic), unique per writer.
-    if folder:
-        return Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
-    fd, name = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    os.close(fd)
-    return Path(name)
+    # Hidden, beside the target (same file system, so the rename is atomic), unique per writer. Created
+    # with the default permissions (not tempfile's 0600 / 0700): the final file or folder keeps them.
+    for _ in range(100):
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            if folder:
+                os.mkdir(tmp)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: no free temporary name")
 
 
 def fsync(path: str | os.PathLike) -> None:

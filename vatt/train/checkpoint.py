@@ -82,7 +82,8 @@ def save_checkpoint(root: str | Path, step: int, weights: dict[str, torch.Tensor
             write_manifest(tmp)  # last: it vouches for the files above
     except WriteFailed as e:
         previous = latest_checkpoint(root)
-        raise WriteFailed(e.path, e.cause, f"checkpoint {final.name} (the previous checkpoint, "
+        name = final / e.path.name if e.path.parent.name.startswith(".tmp-") else e.path  # not the temporary
+        raise WriteFailed(name, e.cause, f"checkpoint {final.name} (the previous checkpoint, "
                                            f"{previous or 'none'}, is intact; free space and resume):") from e
     faults.point("checkpoint.written", step)
     _prune(root, keep_last)
