@@ -65,8 +65,9 @@ def test_droptoken_official_semantics():
     assert y.shape == (3, 784, 2)
     assert torch.equal(y[0], y[1]) and torch.equal(y[1], y[2])  # one permutation shared by the batch
     assert y[0, :, 0].unique().numel() == 784  # no token twice
-    # a shorter input than the maxima keeps all its tokens
-    assert drop(torch.randn(2, 100, 4)).shape == (2, 100, 4)
+    # a shorter input than the maxima keeps all its tokens, in their order (no permutation)
+    short = torch.randn(2, 100, 4)
+    assert torch.equal(drop(short), short)
     drop.eval()
     assert torch.equal(drop(x), x)  # eval uses every token
 
@@ -95,6 +96,26 @@ def test_droptoken_in_model_training_only():
     assert model(video=video).video.features.shape == (2, 16, 64)  # 32 tokens, half kept, off the grid
     model.eval()
     assert model(video=video).video.features.shape == (2, 2, 4, 4, 64)
+
+
+@pytest.mark.parametrize("preset", ["tx_fac_tiny", "ut_fac_tiny"])
+def test_droptoken_leaves_short_inputs_on_their_grid(preset):
+    """A clip with no more tokens than DropToken keeps (here 16 of a 32-token maximum) gives the same
+    features in training as in evaluation (dropout off): nothing dropped, nothing reordered."""
+    cfg = configs.get_preset(preset)
+    for sub in (cfg, getattr(cfg, "video", None), getattr(cfg, "audio", None), getattr(cfg, "text", None)):
+        if sub is not None and hasattr(sub, "transformer"):
+            sub.transformer.dropout_rate = 0.0
+        if sub is not None and hasattr(sub, "pos_dropout_rate"):
+            sub.pos_dropout_rate = 0.0
+    model = build_model(cfg)
+    video = torch.rand(2, 4, 64, 64, 3) * 2 - 1  # 1 x 4 x 4 = 16 tokens
+    with torch.no_grad():
+        train = model.train()(video=video).video
+        evaluated = model.eval()(video=video).video
+    assert train.features.shape == (2, 1, 4, 4, 64)
+    torch.testing.assert_close(train.features, evaluated.features, rtol=0, atol=1e-6)
+    torch.testing.assert_close(train.features_pooled, evaluated.features_pooled, rtol=0, atol=1e-6)
 
 
 def test_droptoken_disabled_by_config():
