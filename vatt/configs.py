@@ -61,6 +61,9 @@ class VideoConfig:
     max_vertical_buckets: int = 14
     max_horizontal_buckets: int = 14
     droptoken: DropTokenConfig = field(default_factory=DropTokenConfig)
+    # Dropout on (patch + positional code). The official code builds its positional layer without a rate, so
+    # it is 0.1 whatever transformer.dropout_rate says.
+    pos_dropout_rate: float = 0.1
     # Dense(d, gelu) after the voxel projection / after the encoder: only when fine-tuning a UT model.
     pre_projection: bool = False
     post_projection: bool = False
@@ -82,6 +85,7 @@ class AudioConfig:
     max_spectral_buckets: int = 16
     sample_rate: int = 48000
     droptoken: DropTokenConfig = field(default_factory=DropTokenConfig)
+    pos_dropout_rate: float = 0.1  # fixed at 0.1 in the official code, as for video
     pre_projection: bool = False
     post_projection: bool = False
     d_post_proj: int = 1024

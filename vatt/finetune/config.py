@@ -139,7 +139,8 @@ class RunConfig:
     output_dir: str = "runs/finetune"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # "fp32" as the official models were trained; "bf16" / "auto" (bf16 where fast) are named options.
+    precision: Literal["auto", "bf16", "fp32"] = "fp32"
     max_consecutive_bad_steps: int = 20
 
 

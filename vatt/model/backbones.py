@@ -44,7 +44,8 @@ class PatchTransformer(nn.Module):
         d = tx.d_model
         self.tokenizer = tokenizer
         self.pre_proj = GELUDense(d, d) if cfg.pre_projection else None
-        self.pos_embedding = FactorizedPositionalEmbedding(axes, max_buckets, d, tx.layer_norm_eps, tx.dropout_rate)
+        self.pos_embedding = FactorizedPositionalEmbedding(axes, max_buckets, d, tx.layer_norm_eps,
+                                                           cfg.pos_dropout_rate)
         self.droptoken = DropToken(cfg.droptoken, math.prod(max_buckets)) if droptoken else None
         self.agg_token = agg_token(d)
         self.transformer = TransformerEncoder(tx)
