@@ -1,5 +1,6 @@
 """Model structure: presets, parameter counts, DropToken, modality subsets, shape checks, positional resizing."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -210,7 +211,9 @@ def test_classifier_outputs():
 def test_backward_reaches_every_trainable_parameter():
     model = build_model("tx_fac_tiny").train()
     out = model(video=torch.rand(4, 8, 64, 64, 3), audio=torch.randn(4, 25600), text=torch.randint(1, 1024, (4, 2, 16)))
-    (out.video_va.sum() + out.video_vt.sum() + out.audio_va.sum() + out.text_vt.sum()).backward()
+    # Weighted sums: a plain sum of training-mode BatchNorm outputs does not depend on its input at all.
+    g = torch.Generator().manual_seed(0)
+    sum(torch.randn(y.shape, generator=g).mul(y).sum() for y in (out.video_va, out.video_vt, out.audio_va, out.text_vt)).backward()
     dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert dead == []
 
@@ -273,3 +276,57 @@ def test_cpu_dropout_mask_does_not_depend_on_the_thread_count():
         masks.append(keep_mask(torch.Size([3, 1 << 19]), 0.1))
     torch.set_num_threads(before)
     assert torch.equal(masks[0], masks[1])
+
+
+# --- initialisation -----------------------------------------------------------------------------------------
+def official_initialiser(name: str, p: torch.Tensor, d_model: int):
+    """(kind, parameters) of the official (Keras) initialiser of our parameter `name`, from the official
+    layer it stands for; fans as Keras computes them for that layer's kernel."""
+    last = name.rsplit(".", 1)[-1]
+    if name.endswith("qkv.weight"):  # three Dense kernels [d, inner]
+        inner, d = p.shape[0] // 3, p.shape[1]
+        return "glorot_uniform_slices", (6 / (d + inner)) ** 0.5
+    if "relative_attention_bias" in name or name.endswith("embedding.weight") or "tokenizers.text" in name:
+        return "uniform", 0.05  # Keras Embedding default
+    if ".tables." in name:
+        return "truncated_normal", p.shape[-1] ** -0.5
+    if "agg_token" in name:
+        return "glorot_normal", p.shape[0] ** -0.5  # std of the truncated draw
+    if "norm" in name or "_bn" in name:
+        return ("constant", 1.0) if last == "weight" else ("constant", 0.0)
+    if last == "bias":
+        return "constant", 0.0
+    if p.dim() >= 2:  # Dense kernel [out, in] or Conv kernel [out, in, *receptive]
+        receptive = p[0, 0].numel()
+        return "glorot_uniform", (6 / (p.shape[1] * receptive + p.shape[0] * receptive)) ** 0.5
+    raise AssertionError(f"no official initialiser known for {name}")
+
+
+def assert_uniform(x: torch.Tensor, bound: float, what: str):
+    assert float(x.abs().max()) <= bound * (1 + 1e-6), f"{what}: beyond ±{bound:.4f}"
+    std, want = float(x.std()), bound / 3**0.5
+    assert abs(std / want - 1) <= 4 / x.numel() ** 0.5 + 0.01, f"{what}: std {std:.4f}, official {want:.4f}"
+
+
+@pytest.mark.parametrize("preset", ["tx_fac_tiny", "ut_fac_tiny", "vit_tiny_classifier", "wat_tiny_classifier"])
+def test_every_parameter_starts_as_the_official_initialiser_draws(preset):
+    torch.manual_seed(0)
+    model = build_model(preset)
+    for name, p in model.named_parameters():
+        p = p.detach()
+        if name.endswith("classification.bias") and model.config.output == "sigmoid":
+            torch.testing.assert_close(p, torch.full_like(p, -math.log(p.numel() - 1)))  # the AudioSet prior
+            continue
+        kind, value = official_initialiser(name, p, 0)
+        if kind == "constant":
+            assert torch.equal(p, torch.full_like(p, value)), name
+        elif kind == "uniform" or kind == "glorot_uniform":
+            assert_uniform(p, value, name)
+        elif kind == "glorot_uniform_slices":
+            for i, part in enumerate(p.chunk(3, dim=0)):
+                assert_uniform(part, value, f"{name} {'qkv'[i]}")
+        else:  # truncated at two σ of the draw: official TruncatedNormal(σ), glorot_normal's σ/0.8796
+            sigma = value if kind == "truncated_normal" else value / 0.87962566103423978
+            assert float(p.abs().max()) <= 2 * sigma * (1 + 1e-6), f"{name}: beyond ±2σ"
+            std, want = float(p.std()), 0.87962566103423978 * sigma
+            assert abs(std / want - 1) <= 4 / p.numel() ** 0.5 + 0.01, f"{name}: std {std:.4f}, official {want:.4f}"

@@ -30,8 +30,10 @@ class GELUDense(nn.Sequential):
 
 
 def agg_token(d: int) -> nn.Parameter:
-    # Keras glorot_normal on a (d,) vector: fan_in = fan_out = d -> std = sqrt(1/d)
-    return nn.Parameter(torch.randn(d) * d**-0.5)
+    # Keras glorot_normal on a (d,) vector: fan_in = fan_out = d; a normal truncated at two of its σ, with σ
+    # = sqrt(1/d) / 0.8796 so that the truncated values have std sqrt(1/d).
+    sigma = d**-0.5 / 0.87962566103423978
+    return nn.Parameter(nn.init.trunc_normal_(torch.empty(d), std=sigma, a=-2 * sigma, b=2 * sigma))
 
 
 class PatchTransformer(nn.Module):
