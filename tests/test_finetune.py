@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 import vatt
 from vatt.cli import main
-from vatt.data.datasets import ClassificationDataset, sample_generator
+from vatt.data.datasets import ClassificationDataset, LabeledItem, sample_generator
 from vatt.data.sample_data import write_sample_dataset
 from vatt.finetune.config import ConfigError, load_config
 from vatt.finetune.evaluate import classification_metrics, predict
@@ -379,3 +379,20 @@ def test_cli_finetune_and_evaluate_end_to_end(tmp_path, capsys):
     assert evaluation["metrics"]["top1"] == record["best"]["metrics"]["top1"]
     assert main(["finetune", "--set", "optim.lrr=1"]) == 2
     assert "did you mean" in capsys.readouterr().err
+
+
+def test_audioset_config_takes_every_other_48k_sample(tmp_path):
+    """The shipped AudioSet recipe decodes at 48 kHz and keeps every other sample, as the official loader."""
+    from vatt.finetune.data import input_sizes
+    from tests.test_decoding import write_wav
+
+    cfg = load_config(ROOT / "configs" / "finetune_audioset_wat_base.yaml")
+    sizes = input_sizes(cfg.data, cfg.model.build_config(num_classes=527))
+    assert (sizes.sample_rate, sizes.audio_stride, sizes.audio_samples) == (48000, 2, 153600)
+    t = np.arange(48000) / 48000
+    wav = write_wav(tmp_path / "ramp.wav", 0.9 * np.sin(2 * np.pi * 440 * t), 48000)
+    data = ClassificationDataset([LabeledItem(str(wav), 0)], ["tone"], modality="audio", train=False, num_windows=1,
+                                 audio_samples=8000, sample_rate=48000, audio_stride=2)
+    full = ClassificationDataset([LabeledItem(str(wav), 0)], ["tone"], modality="audio", train=False, num_windows=1,
+                                 audio_samples=16000, sample_rate=48000)
+    torch.testing.assert_close(data[0]["audio"][0], full[0]["audio"][0][::2], rtol=0, atol=0)

@@ -615,8 +615,9 @@ class ClassificationDataset(SkippingDataset):
     spaced windows (the middle one if 1), each resized and cropped 3 times along the longer side
     (`multi_crop`, view = crop * K + window) or centre-cropped -> `video` [V, T, S, S, 3].
     Audio (`modality="audio"`): `audio_samples` at `sample_rate` from a random window (training) or
-    `num_windows` windows -> [V, N]. For the official audio fine-tuning input (153 600 samples at
-    stride 2 of 48 kHz) use sample_rate=24000. A file without an audio stream is an error. Audio
+    `num_windows` windows -> [V, N]; `audio_stride` keeps every n-th sample of a window decoded at
+    `sample_rate` (the official AudioSet input: 153 600 samples at stride 2 of 48 kHz, i.e.
+    sample_rate=48000, audio_stride=2). A file without an audio stream is an error. Audio
     shorter than the window is repeated (`audio_pad="loop"`), as DMVR's samplers repeat a short
     sequence; FSDD digits last about 0.4 s.
     Image (`modality="image"`): train Inception crop + flip, eval resize + centre crop, then tiled
@@ -636,6 +637,7 @@ class ClassificationDataset(SkippingDataset):
         size: int = transforms.IMAGE_SIZE,
         audio_samples: int = 153600,
         sample_rate: int = decoding.REF_SAMPLE_RATE,
+        audio_stride: int = 1,
         num_windows: int = 4,
         multi_crop: bool = True,
         image_frames: int = 4,
@@ -663,7 +665,9 @@ class ClassificationDataset(SkippingDataset):
                 raise ValueError(f"{item.path}: several labels {item.label}; pass multi_label=True")
         self.modality, self.train, self.multi_label = modality, train, multi_label
         self.num_frames, self.fps, self.size = num_frames, fps, size
-        self.audio_samples, self.sample_rate = audio_samples, sample_rate
+        if audio_stride < 1:
+            raise ValueError(f"audio_stride must be >= 1, got {audio_stride}")
+        self.audio_samples, self.sample_rate, self.audio_stride = audio_samples, sample_rate, audio_stride
         self.num_windows, self.multi_crop, self.image_frames = num_windows, multi_crop, image_frames
         self.flip_prob, self.audio_pad = flip_prob, audio_pad
         self.max_pixels, self.short_side = max_pixels, short_side
@@ -707,11 +711,11 @@ class ClassificationDataset(SkippingDataset):
         return transforms.eval_video_transform(stacked, self.size), starts[0]
 
     def _load_audio(self, item: LabeledItem, rng: torch.Generator) -> tuple[torch.Tensor, float]:
-        starts = self._starts(item, self.audio_samples / self.sample_rate, rng)
+        starts = self._starts(item, self.audio_samples * self.audio_stride / self.sample_rate, rng)
         waves = []
         for s in starts:
             audio, _ = decoding.decode_audio(item.path, s, self.audio_samples, self.sample_rate,
-                                             pad=self.audio_pad, require_audio=True)
+                                             pad=self.audio_pad, require_audio=True, stride=self.audio_stride)
             waves.append(audio)
         return (waves[0] if self.train else torch.stack(waves)), starts[0]
 
