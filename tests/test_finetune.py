@@ -305,7 +305,8 @@ def test_multilabel_audio_with_mixup_reports_map(tmp_path):
     result = finetune(cfg, train_dataset=SynthTones(multi_label=True, num_classes=4),
                       val_dataset=SynthTones(n=24, train=False, multi_label=True, num_classes=4))
     assert result.metric == "mAP" and set(result.final.metrics) >= {"mAP", "AUC", "d-prime"}
-    assert result.final.metrics["mAP"] > 0.5  # chance: 0.5 (2 of 4 labels on)
+    # Untrained (same data, seeds 0-2): mAP 0.52 / 0.56 / 0.66, AUC 0.44 / 0.45 / 0.65. Trained: 0.88 / 0.86.
+    assert result.final.metrics["mAP"] > 0.8 and result.final.metrics["AUC"] > 0.8
     with pytest.raises(ConfigError, match="sigmoid"):
         finetune(_config(tmp_path / "x", "optim.total_steps=1"), train_dataset=SynthTones(multi_label=True),
                  val_dataset=None)

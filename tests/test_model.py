@@ -188,13 +188,39 @@ def test_spectrogram_audio_model():
     assert spec.shape == (2, 150, 80) and float(spec.min()) == 0.0 and float(spec.max()) == 1.0
 
 
-def test_text_model_variants():
-    for kind in ("bert", "linear"):
-        cfg = configs.get_preset("tx_fac_tiny")
-        cfg.text = dataclasses.replace(cfg.text, kind=kind, d_linear=48)
-        model = build_model(cfg).eval()
-        out = model(text=torch.randint(0, 1024, (3, 16)))
-        assert out.text_vt.shape == (3, 256)
+@pytest.mark.parametrize("kind", ["t5", "bert"])
+def test_text_transformers_ignore_padding_content(kind):
+    """The AGG output depends on the words, not on what sits at padded positions (the attention mask)."""
+    cfg = configs.get_preset("tx_fac_tiny")
+    cfg.text = dataclasses.replace(cfg.text, kind=kind)
+    model = build_model(cfg).eval()
+    ids = torch.randint(1, 1024, (3, 16))
+    ids[:, 9:] = 0  # 9 words, then padding
+    text = model.text_backbone
+    with torch.no_grad():
+        before = text(ids).features_pooled
+        text.embedding.weight[0] += 5.0  # the pad id's vector: seen only at masked positions
+        torch.testing.assert_close(text(ids).features_pooled, before, rtol=0, atol=1e-5)
+        other = ids.clone()
+        other[:, 3] = (other[:, 3] % 1023) + 1  # another word
+        assert (text(other).features_pooled - before).abs().max() > 1e-3
+    assert model(text=ids).text_vt.shape == (3, 256)
+
+
+def test_linear_text_model_is_relu_projection_max_over_all_positions():
+    cfg = configs.get_preset("tx_fac_tiny")
+    cfg.text = dataclasses.replace(cfg.text, kind="linear", d_linear=48)
+    model = build_model(cfg).eval()
+    ids = torch.randint(1, 1024, (3, 16))
+    ids[:, 12:] = 0
+    text = model.text_backbone
+    with torch.no_grad():
+        emb = text.embedding.weight[ids]  # [3, 16, d]
+        want = torch.relu(emb @ text.proj.weight.T + text.proj.bias).amax(dim=1)
+        torch.testing.assert_close(text(ids).features_pooled, want)
+        text.embedding.weight[0] += 5.0  # MMV's max runs over padding too: the pad vector counts
+        assert (text(ids).features_pooled - want).abs().max() > 1e-3
+    assert model(text=ids).text_vt.shape == (3, 256)
 
 
 def test_classifier_outputs():

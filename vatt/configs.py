@@ -97,8 +97,9 @@ class TextConfig:
 
     name: str = "t5_small"
     kind: Literal["t5", "bert", "linear"] = "t5"
+    # T5-Small; no biases (the BERT-style model has them: see `bert_small`)
     transformer: TransformerConfig = field(
-        default_factory=lambda: TransformerConfig(d_model=512, num_layers=6, num_heads=8, d_ff=2048)
+        default_factory=lambda: TransformerConfig(d_model=512, num_layers=6, num_heads=8, d_ff=2048, use_bias=False)
     )
     vocab_size: int = 2**16
     d_embedding: int = 300  # frozen word2vec
@@ -107,6 +108,11 @@ class TextConfig:
     num_relative_buckets: int = 32
     max_relative_distance: int = 64  # official T5 value; HF T5 uses 128
     d_linear: int = 2048  # width of the linear (MMV) text model
+
+    def __post_init__(self) -> None:
+        if self.kind == "t5" and self.transformer.use_bias:
+            raise ValueError("text.transformer.use_bias=true: the T5 encoder has no bias terms (official t5.py); "
+                             "set it to false, or use text.kind=bert for a Transformer with biases")
 
 
 @dataclass
@@ -232,7 +238,7 @@ def t5_small() -> TextConfig:
 
 
 def bert_small() -> TextConfig:
-    return TextConfig(name="bert_small", kind="bert")
+    return TextConfig(name="bert_small", kind="bert", transformer=transformer("small", use_bias=True))
 
 
 def linear_text() -> TextConfig:
@@ -253,7 +259,7 @@ def _tiny_audio() -> AudioConfig:
 
 
 def _tiny_text() -> TextConfig:
-    return TextConfig(name="t5_tiny", transformer=transformer("tiny"), vocab_size=1024, d_embedding=32,
+    return TextConfig(name="t5_tiny", transformer=transformer("tiny", use_bias=False), vocab_size=1024, d_embedding=32,
                       trainable_embeddings=True)
 
 
