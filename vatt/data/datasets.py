@@ -483,9 +483,10 @@ def select_captions(own: list[Any] | None, context: Iterable[Any], cfg: Pretrain
     return chosen + [""] * (cfg.num_captions - len(chosen))
 
 
-def make_pretrain_sample(path: str, seg_start: float, seg_end: float, captions: list[str] | None,
+def make_pretrain_sample(path: decoding.MediaSource, seg_start: float, seg_end: float, captions: list[str] | None,
                          tokenizer: WordTokenizer, cfg: PretrainSampleConfig, rng: torch.Generator) -> dict[str, Any]:
-    """Decode, augment and tokenize one pre-training sample from `path` inside [seg_start, seg_end]."""
+    """Decode, augment and tokenize one pre-training sample from `path` (a file, or `MediaBytes` in memory)
+    inside [seg_start, seg_end]."""
     span = max(seg_end - seg_start, 0.0)
     mode = "random" if cfg.train else ("center" if cfg.num_windows == 1 else "linspace")
     starts = [seg_start + s for s in decoding.sample_start(span, cfg.num_frames / cfg.fps, rng, mode, cfg.num_windows)]
@@ -516,7 +517,7 @@ def make_pretrain_sample(path: str, seg_start: float, seg_end: float, captions: 
         "audio_mask": torch.tensor(float(mask)),
         "text_mask": torch.tensor(0.0 if captions is None else 1.0),
         "caption": captions[0] if captions else "",
-        "path": path,
+        "path": os.fspath(path),
         "start_s": float(starts[0]),
     }
 
