@@ -174,6 +174,44 @@ def test_cli_embed_files_folders_and_text(tiny_dir, sample, tmp_path, capsys):
     assert json.loads((tmp_path / "c.json").read_text())["skipped_files"][0].startswith(str(broken))
 
 
+def test_cli_embed_folder_takes_gifs_and_reports_what_it_left_out(tiny_dir, sample, tmp_path, capsys):
+    """Every video format the README lists, GIF included, is taken from a folder; what is not taken is
+    counted by reason."""
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(sample / "videos" / "clip_00000.mp4", folder / "a.mp4")
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(10)]
+    frames[0].save(folder / "b.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(folder / "c.jpg")
+    (folder / "notes.txt").write_text("not media")
+    assert main(["embed", str(tiny_dir), str(folder), "--workers", "0", "--out", str(tmp_path / "m.npz")]) == 0
+    printed = capsys.readouterr().out
+    assert "left out 2 file(s) of the folders: 1 .txt is not a media format vatt reads; " \
+           "1 image file, this scan takes video or audio files" in printed
+    summary = json.loads((tmp_path / "m.json").read_text())
+    assert summary["num_files"] == 2
+    arrays = read_embeddings(tmp_path / "m.npz")
+    assert arrays["video_vt"].shape[0] == 2 and np.isfinite(arrays["video_vt"]).all()
+
+
+def test_class_folder_scan_counts_files_it_leaves_out(tmp_path):
+    from PIL import Image
+
+    from vatt.data.datasets import ClassificationDataset
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / cls / "x.png")
+        (tmp_path / cls / "y.wav").write_bytes(b"RIFF")
+    data = ClassificationDataset.from_folder(tmp_path, modality="image")
+    assert len(data) == 2 and data.left_out == {"audio file, this scan takes image files": 2}
+
+
 def test_cli_embed_audio_only_needs_no_captions(tmp_path):
     torch.manual_seed(0)
     vatt.save(vatt.build_model("wat_tiny_classifier"), tmp_path / "wat")

@@ -56,7 +56,8 @@ from vatt.data.text import WordTokenizer, split_words
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".ogv", ".3gp")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".ogv", ".3gp",
+                    ".gif")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -599,6 +600,19 @@ def _sorted_classes(names: Iterable[str]) -> list[str]:
     return sorted(names)
 
 
+def scan_reason(path: Path, wanted: str) -> str:
+    """Why a folder scan for `wanted` files ("video", "audio", "image", or "video or audio") leaves `path` out."""
+    ext = path.suffix.lower() or "(no extension)"
+    for kind, exts in (("video", VIDEO_EXTENSIONS), ("audio", AUDIO_EXTENSIONS), ("image", IMAGE_EXTENSIONS)):
+        if ext in exts:
+            return f"{kind} file, this scan takes {wanted} files"
+    return f"{ext} is not a media format vatt reads"
+
+
+def format_left_out(left_out: Mapping[str, int]) -> str:
+    return "; ".join(f"{n} {why}" for why, n in sorted(left_out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _read_class_list(classes: Sequence[str] | str | os.PathLike) -> list[str]:
     if isinstance(classes, (str, os.PathLike)):
         return [line.strip() for line in Path(classes).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -672,6 +686,7 @@ class ClassificationDataset(SkippingDataset):
         self.num_windows, self.multi_crop, self.image_frames = num_windows, multi_crop, image_frames
         self.flip_prob, self.audio_pad = flip_prob, audio_pad
         self.max_pixels, self.short_side = max_pixels, short_side
+        self.left_out: dict[str, int] = {}  # `from_folder`: files of the folders it did not take, by reason
 
     @property
     def num_classes(self) -> int:
@@ -759,16 +774,26 @@ class ClassificationDataset(SkippingDataset):
             d.name for d in root.iterdir() if d.is_dir())
         index = {c: i for i, c in enumerate(names)}
         items = []
+        left_out: Counter[str] = Counter()  # why -> files
         for name in names:
             folder = root / name
             if not folder.is_dir():
                 raise FileNotFoundError(f"class folder {folder} does not exist")
             for f in sorted(folder.rglob("*")):
-                if f.is_file() and f.suffix.lower() in exts:
+                if not f.is_file():
+                    continue
+                if f.suffix.lower() in exts:
                     items.append(LabeledItem(os.fspath(f), index[name]))
+                else:
+                    left_out[scan_reason(f, modality)] += 1
         if not items:
-            raise ValueError(f"no {modality} files with extensions {exts} under {root}")
-        return cls(items, names, modality=modality, **kwargs)
+            raise ValueError(f"no {modality} files with extensions {exts} under {root}"
+                             + (f" (left out: {format_left_out(left_out)})" if left_out else ""))
+        dataset = cls(items, names, modality=modality, **kwargs)
+        dataset.left_out = dict(left_out)
+        if left_out:
+            log.warning("%s: %d file(s) left out: %s", root, sum(left_out.values()), format_left_out(left_out))
+        return dataset
 
     @classmethod
     def from_csv(cls, csv_path: str | os.PathLike, *, path_column: str = "path", label_column: str = "label",
