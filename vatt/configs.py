@@ -157,6 +157,7 @@ class UnifiedConfig:
     trainable_embeddings: bool = False
     d_post_proj: int = 1024
     droptoken: DropTokenConfig = field(default_factory=DropTokenConfig)
+    pos_dropout_rate: float = 0.1  # fixed at 0.1 in the official code (`uvatt.py`), as for ViT / WaT
     head: FACHeadConfig = field(default_factory=FACHeadConfig)
 
 
