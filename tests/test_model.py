@@ -356,3 +356,17 @@ def test_every_parameter_starts_as_the_official_initialiser_draws(preset):
             assert float(p.abs().max()) <= 2 * sigma * (1 + 1e-6), f"{name}: beyond ±2σ"
             std, want = float(p.std()), 0.87962566103423978 * sigma
             assert abs(std / want - 1) <= 4 / p.numel() ** 0.5 + 0.01, f"{name}: std {std:.4f}, official {want:.4f}"
+
+
+def test_fac_batchnorm_moving_variance_is_the_biased_batch_variance():
+    """Keras (and the official SyncBatchNormalization) moves the variance towards the biased batch variance;
+    torch's BatchNorm would use the unbiased one, 4/3 larger at a batch of 4."""
+    model = build_model("tx_fac_tiny").train()
+    bn = model.head.hidden_to_va_pre_bn
+    x = torch.randn(4, bn.num_features) * 3 + 1
+    with torch.no_grad():
+        y = bn(x)
+    torch.testing.assert_close(bn.running_mean, 0.1 * x.mean(0))
+    torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * x.var(0, unbiased=False))
+    # normalised with the biased batch statistics
+    torch.testing.assert_close(y, (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5), atol=1e-5, rtol=1e-5)
