@@ -349,6 +349,7 @@ def test_official_defaults_and_config_errors():
         ("sgd", 0.005, 0.9, 2500, 100_000, 0.0, 0.75, 0.0)
     assert cfg.data.num_windows_test == 4 and cfg.data.multi_crop and cfg.data.mixup_alpha == 5.0
     assert cfg.model.build_config().classifier_dropout == 0.5
+    assert cfg.run.precision == "fp32" and cfg.data.audio_stride == 1  # the official models trained in float32
     with pytest.raises(ConfigError, match="optim.lrr.*did you mean 'lr'"):
         load_config(None, ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="not a classifier"):
