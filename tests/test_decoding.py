@@ -259,6 +259,20 @@ def test_wav_resampled_8k_to_48k_with_exact_timing(media):
         assert abs(onset / 48000 + start - 1.7) < 0.5e-3
 
 
+def test_audio_stride_takes_every_other_48k_sample_without_filtering(tmp_path):
+    """The official AudioSet input: every other sample of the 48 kHz waveform. A tone at 18 kHz (above the
+    12 kHz Nyquist limit of 24 kHz) survives plain decimation as its 6 kHz alias; a filtered 24 kHz resample
+    removes it."""
+    t = np.arange(48000 * 2) / 48000
+    path = write_wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 18000 * t), 48000)
+    full, _ = decode_audio(path, 0.5, 48000)
+    strided, mask = decode_audio(path, 0.5, 24000, stride=2)
+    assert strided.shape == (24000,) and mask == 1.0
+    torch.testing.assert_close(strided, full[::2], rtol=0, atol=0)
+    filtered, _ = decode_audio(path, 0.5, 24000, sample_rate=24000)
+    assert float(strided.abs().max()) > 0.45 and float(filtered.abs().max()) < 0.05
+
+
 def test_audio_past_the_end_is_masked_or_padded(media):
     # 4 s wav, 2 s asked from 3 s: only half is real audio.
     audio, mask = decode_audio(media["wav"], 3.0, 96000)

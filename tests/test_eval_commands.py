@@ -63,7 +63,8 @@ def _known_arrays(n=6, w=4, d=8, seed=0):
 
 
 def test_retrieval_of_identical_embeddings_is_perfect():
-    results, notes = retrieval_from_arrays(_known_arrays(), split="known")
+    results, notes = retrieval_from_arrays(_known_arrays(), split="known",
+                                           directions=("text->video", "video->text", "audio->video"))
     assert {(r.protocol.direction, r.protocol.mode) for r in results} == {
         (d, m) for d in ("text->video", "video->text", "audio->video") for m in ("embd", "cosine")}
     for r in results:
@@ -85,9 +86,9 @@ def test_retrieval_ranks_a_swapped_pair_second():
 def test_retrieval_skips_what_the_data_lacks_and_says_why():
     arrays = _known_arrays()
     arrays["has_audio"][:] = False
-    results, notes = retrieval_from_arrays(arrays)
+    results, notes = retrieval_from_arrays(arrays)  # the official directions: text->video, audio->video
     assert "audio->video" in notes["skipped_directions"]
-    assert {r.protocol.direction for r in results} == {"text->video", "video->text"}
+    assert {r.protocol.direction for r in results} == {"text->video"}
     with pytest.raises(ValueError, match="audio->video"):
         retrieval_from_arrays(arrays, directions=("audio->video",), strict=True)
 
@@ -98,9 +99,32 @@ def test_cli_retrieval_from_an_embeddings_file(tmp_path, capsys):
     assert main(["eval", "retrieval", "--embeddings", str(tmp_path / "known.npz"), "--out", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "text->video" in out and "100.0" in out and "pessimistic ties" in out
+    assert "official zero-shot protocol: directions text->video, audio->video; first caption of each clip" in out
     record = json.loads((tmp_path / "r.json").read_text())
-    assert all(r["metrics"]["R@1"] == 1.0 for r in record["results"]) and len(record["results"]) == 6
+    assert all(r["metrics"]["R@1"] == 1.0 for r in record["results"]) and len(record["results"]) == 4
     assert record["protocol"]["num_windows"] == 4 and record["results"][0]["protocol"]["num_windows"] == 4
+    assert record["protocol"]["official"] and record["protocol"]["captions"] == "first"
+    t2v = next(r for r in record["results"] if r["protocol"]["direction"] == "text->video")
+    assert t2v["protocol"]["num_queries"] == 6 and t2v["protocol"]["captions_per_video"] == 1  # one text per clip
+
+
+def test_cli_retrieval_official_protocol_by_default_others_named(tmp_path, capsys):
+    """Every caption, and video->text, only when asked for -- and then the protocol line says so."""
+    arrays = _known_arrays()
+    arrays["text_vt"][2] = arrays["text_vt"][0]  # clip 1's second caption now describes clip 0
+    np.savez(tmp_path / "known.npz", **{**arrays, "meta": np.array(json.dumps(arrays["meta"]))})
+    assert main(["eval", "retrieval", "--embeddings", str(tmp_path / "known.npz"), "--out", str(tmp_path / "a.json")]) == 0
+    official = json.loads((tmp_path / "a.json").read_text())
+    t2v = next(r for r in official["results"] if r["protocol"]["direction"] == "text->video")
+    assert t2v["metrics"]["R@1"] == 1.0  # the misleading second caption is not a query
+    assert main(["eval", "retrieval", "--embeddings", str(tmp_path / "known.npz"), "--captions", "all",
+                 "--directions", "text->video,video->text", "--out", str(tmp_path / "b.json")]) == 0
+    assert "not the official protocol: directions text->video, video->text; every caption of each clip" in \
+        capsys.readouterr().out
+    every = json.loads((tmp_path / "b.json").read_text())
+    t2v = next(r for r in every["results"] if r["protocol"]["direction"] == "text->video")
+    assert t2v["protocol"]["num_queries"] == 7 and t2v["metrics"]["R@1"] == pytest.approx(6 / 7)
+    assert not every["protocol"]["official"]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -117,8 +141,9 @@ def test_cli_retrieval_on_the_sample_dataset(tiny_dir, sample, tmp_path, capsys)
     protocol = record["protocol"]
     assert protocol["num_windows"] == 4 and protocol["num_clips"] == 4 and protocol["where"] == {"split": ["test"]}
     assert {(r["protocol"]["direction"], r["protocol"]["mode"]) for r in record["results"]} == {
-        (d, m) for d in ("text->video", "video->text", "audio->video") for m in ("embd", "cosine")}
+        (d, m) for d in ("text->video", "audio->video") for m in ("embd", "cosine")}
     assert all(r["protocol"]["captions_per_video"] == 1 for r in record["results"])
+    assert "official zero-shot protocol" in printed
     saved = read_embeddings(tmp_path / "emb.npz")
     assert saved["video_vt"].shape == (16, 256) and saved["text_vt"].shape == (4, 256)
     # the scores recomputed from the saved embeddings are the same
@@ -147,6 +172,44 @@ def test_cli_embed_files_folders_and_text(tiny_dir, sample, tmp_path, capsys):
                  "--workers", "0", "--out", str(tmp_path / "c.npz")]) == 0
     assert "1 file(s) skipped" in capsys.readouterr().out
     assert json.loads((tmp_path / "c.json").read_text())["skipped_files"][0].startswith(str(broken))
+
+
+def test_cli_embed_folder_takes_gifs_and_reports_what_it_left_out(tiny_dir, sample, tmp_path, capsys):
+    """Every video format the README lists, GIF included, is taken from a folder; what is not taken is
+    counted by reason."""
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(sample / "videos" / "clip_00000.mp4", folder / "a.mp4")
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(10)]
+    frames[0].save(folder / "b.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(folder / "c.jpg")
+    (folder / "notes.txt").write_text("not media")
+    assert main(["embed", str(tiny_dir), str(folder), "--workers", "0", "--out", str(tmp_path / "m.npz")]) == 0
+    printed = capsys.readouterr().out
+    assert "left out 2 file(s) of the folders: 1 .txt is not a media format vatt reads; " \
+           "1 image file, this scan takes video or audio files" in printed
+    summary = json.loads((tmp_path / "m.json").read_text())
+    assert summary["num_files"] == 2
+    arrays = read_embeddings(tmp_path / "m.npz")
+    assert arrays["video_vt"].shape[0] == 2 and np.isfinite(arrays["video_vt"]).all()
+
+
+def test_class_folder_scan_counts_files_it_leaves_out(tmp_path):
+    from PIL import Image
+
+    from vatt.data.datasets import ClassificationDataset
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / cls / "x.png")
+        (tmp_path / cls / "y.wav").write_bytes(b"RIFF")
+    data = ClassificationDataset.from_folder(tmp_path, modality="image")
+    assert len(data) == 2 and data.left_out == {"audio file, this scan takes image files": 2}
 
 
 def test_cli_embed_audio_only_needs_no_captions(tmp_path):

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 import vatt
 from vatt.cli import main
-from vatt.data.datasets import ClassificationDataset, sample_generator
+from vatt.data.datasets import ClassificationDataset, LabeledItem, sample_generator
 from vatt.data.sample_data import write_sample_dataset
 from vatt.finetune.config import ConfigError, load_config
 from vatt.finetune.evaluate import classification_metrics, predict
@@ -305,7 +305,8 @@ def test_multilabel_audio_with_mixup_reports_map(tmp_path):
     result = finetune(cfg, train_dataset=SynthTones(multi_label=True, num_classes=4),
                       val_dataset=SynthTones(n=24, train=False, multi_label=True, num_classes=4))
     assert result.metric == "mAP" and set(result.final.metrics) >= {"mAP", "AUC", "d-prime"}
-    assert result.final.metrics["mAP"] > 0.5  # chance: 0.5 (2 of 4 labels on)
+    # Untrained (same data, seeds 0-2): mAP 0.52 / 0.56 / 0.66, AUC 0.44 / 0.45 / 0.65. Trained: 0.88 / 0.86.
+    assert result.final.metrics["mAP"] > 0.8 and result.final.metrics["AUC"] > 0.8
     with pytest.raises(ConfigError, match="sigmoid"):
         finetune(_config(tmp_path / "x", "optim.total_steps=1"), train_dataset=SynthTones(multi_label=True),
                  val_dataset=None)
@@ -348,6 +349,7 @@ def test_official_defaults_and_config_errors():
         ("sgd", 0.005, 0.9, 2500, 100_000, 0.0, 0.75, 0.0)
     assert cfg.data.num_windows_test == 4 and cfg.data.multi_crop and cfg.data.mixup_alpha == 5.0
     assert cfg.model.build_config().classifier_dropout == 0.5
+    assert cfg.run.precision == "fp32" and cfg.data.audio_stride == 1  # the official models trained in float32
     with pytest.raises(ConfigError, match="optim.lrr.*did you mean 'lr'"):
         load_config(None, ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="not a classifier"):
@@ -379,3 +381,20 @@ def test_cli_finetune_and_evaluate_end_to_end(tmp_path, capsys):
     assert evaluation["metrics"]["top1"] == record["best"]["metrics"]["top1"]
     assert main(["finetune", "--set", "optim.lrr=1"]) == 2
     assert "did you mean" in capsys.readouterr().err
+
+
+def test_audioset_config_takes_every_other_48k_sample(tmp_path):
+    """The shipped AudioSet recipe decodes at 48 kHz and keeps every other sample, as the official loader."""
+    from vatt.finetune.data import input_sizes
+    from tests.test_decoding import write_wav
+
+    cfg = load_config(ROOT / "configs" / "finetune_audioset_wat_base.yaml")
+    sizes = input_sizes(cfg.data, cfg.model.build_config(num_classes=527))
+    assert (sizes.sample_rate, sizes.audio_stride, sizes.audio_samples) == (48000, 2, 153600)
+    t = np.arange(48000) / 48000
+    wav = write_wav(tmp_path / "ramp.wav", 0.9 * np.sin(2 * np.pi * 440 * t), 48000)
+    data = ClassificationDataset([LabeledItem(str(wav), 0)], ["tone"], modality="audio", train=False, num_windows=1,
+                                 audio_samples=8000, sample_rate=48000, audio_stride=2)
+    full = ClassificationDataset([LabeledItem(str(wav), 0)], ["tone"], modality="audio", train=False, num_windows=1,
+                                 audio_samples=16000, sample_rate=48000)
+    torch.testing.assert_close(data[0]["audio"][0], full[0]["audio"][0][::2], rtol=0, atol=0)

@@ -1,5 +1,6 @@
 """Model structure: presets, parameter counts, DropToken, modality subsets, shape checks, positional resizing."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -65,8 +66,9 @@ def test_droptoken_official_semantics():
     assert y.shape == (3, 784, 2)
     assert torch.equal(y[0], y[1]) and torch.equal(y[1], y[2])  # one permutation shared by the batch
     assert y[0, :, 0].unique().numel() == 784  # no token twice
-    # a shorter input than the maxima keeps all its tokens
-    assert drop(torch.randn(2, 100, 4)).shape == (2, 100, 4)
+    # a shorter input than the maxima keeps all its tokens, in their order (no permutation)
+    short = torch.randn(2, 100, 4)
+    assert torch.equal(drop(short), short)
     drop.eval()
     assert torch.equal(drop(x), x)  # eval uses every token
 
@@ -95,6 +97,26 @@ def test_droptoken_in_model_training_only():
     assert model(video=video).video.features.shape == (2, 16, 64)  # 32 tokens, half kept, off the grid
     model.eval()
     assert model(video=video).video.features.shape == (2, 2, 4, 4, 64)
+
+
+@pytest.mark.parametrize("preset", ["tx_fac_tiny", "ut_fac_tiny"])
+def test_droptoken_leaves_short_inputs_on_their_grid(preset):
+    """A clip with no more tokens than DropToken keeps (here 16 of a 32-token maximum) gives the same
+    features in training as in evaluation (dropout off): nothing dropped, nothing reordered."""
+    cfg = configs.get_preset(preset)
+    for sub in (cfg, getattr(cfg, "video", None), getattr(cfg, "audio", None), getattr(cfg, "text", None)):
+        if sub is not None and hasattr(sub, "transformer"):
+            sub.transformer.dropout_rate = 0.0
+        if sub is not None and hasattr(sub, "pos_dropout_rate"):
+            sub.pos_dropout_rate = 0.0
+    model = build_model(cfg)
+    video = torch.rand(2, 4, 64, 64, 3) * 2 - 1  # 1 x 4 x 4 = 16 tokens
+    with torch.no_grad():
+        train = model.train()(video=video).video
+        evaluated = model.eval()(video=video).video
+    assert train.features.shape == (2, 1, 4, 4, 64)
+    torch.testing.assert_close(train.features, evaluated.features, rtol=0, atol=1e-6)
+    torch.testing.assert_close(train.features_pooled, evaluated.features_pooled, rtol=0, atol=1e-6)
 
 
 def test_droptoken_disabled_by_config():
@@ -166,13 +188,39 @@ def test_spectrogram_audio_model():
     assert spec.shape == (2, 150, 80) and float(spec.min()) == 0.0 and float(spec.max()) == 1.0
 
 
-def test_text_model_variants():
-    for kind in ("bert", "linear"):
-        cfg = configs.get_preset("tx_fac_tiny")
-        cfg.text = dataclasses.replace(cfg.text, kind=kind, d_linear=48)
-        model = build_model(cfg).eval()
-        out = model(text=torch.randint(0, 1024, (3, 16)))
-        assert out.text_vt.shape == (3, 256)
+@pytest.mark.parametrize("kind", ["t5", "bert"])
+def test_text_transformers_ignore_padding_content(kind):
+    """The AGG output depends on the words, not on what sits at padded positions (the attention mask)."""
+    cfg = configs.get_preset("tx_fac_tiny")
+    cfg.text = dataclasses.replace(cfg.text, kind=kind)
+    model = build_model(cfg).eval()
+    ids = torch.randint(1, 1024, (3, 16))
+    ids[:, 9:] = 0  # 9 words, then padding
+    text = model.text_backbone
+    with torch.no_grad():
+        before = text(ids).features_pooled
+        text.embedding.weight[0] += 5.0  # the pad id's vector: seen only at masked positions
+        torch.testing.assert_close(text(ids).features_pooled, before, rtol=0, atol=1e-5)
+        other = ids.clone()
+        other[:, 3] = (other[:, 3] % 1023) + 1  # another word
+        assert (text(other).features_pooled - before).abs().max() > 1e-3
+    assert model(text=ids).text_vt.shape == (3, 256)
+
+
+def test_linear_text_model_is_relu_projection_max_over_all_positions():
+    cfg = configs.get_preset("tx_fac_tiny")
+    cfg.text = dataclasses.replace(cfg.text, kind="linear", d_linear=48)
+    model = build_model(cfg).eval()
+    ids = torch.randint(1, 1024, (3, 16))
+    ids[:, 12:] = 0
+    text = model.text_backbone
+    with torch.no_grad():
+        emb = text.embedding.weight[ids]  # [3, 16, d]
+        want = torch.relu(emb @ text.proj.weight.T + text.proj.bias).amax(dim=1)
+        torch.testing.assert_close(text(ids).features_pooled, want)
+        text.embedding.weight[0] += 5.0  # MMV's max runs over padding too: the pad vector counts
+        assert (text(ids).features_pooled - want).abs().max() > 1e-3
+    assert model(text=ids).text_vt.shape == (3, 256)
 
 
 def test_classifier_outputs():
@@ -189,7 +237,9 @@ def test_classifier_outputs():
 def test_backward_reaches_every_trainable_parameter():
     model = build_model("tx_fac_tiny").train()
     out = model(video=torch.rand(4, 8, 64, 64, 3), audio=torch.randn(4, 25600), text=torch.randint(1, 1024, (4, 2, 16)))
-    (out.video_va.sum() + out.video_vt.sum() + out.audio_va.sum() + out.text_vt.sum()).backward()
+    # Weighted sums: a plain sum of training-mode BatchNorm outputs does not depend on its input at all.
+    g = torch.Generator().manual_seed(0)
+    sum(torch.randn(y.shape, generator=g).mul(y).sum() for y in (out.video_va, out.video_vt, out.audio_va, out.text_vt)).backward()
     dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert dead == []
 
@@ -252,3 +302,71 @@ def test_cpu_dropout_mask_does_not_depend_on_the_thread_count():
         masks.append(keep_mask(torch.Size([3, 1 << 19]), 0.1))
     torch.set_num_threads(before)
     assert torch.equal(masks[0], masks[1])
+
+
+# --- initialisation -----------------------------------------------------------------------------------------
+def official_initialiser(name: str, p: torch.Tensor, d_model: int):
+    """(kind, parameters) of the official (Keras) initialiser of our parameter `name`, from the official
+    layer it stands for; fans as Keras computes them for that layer's kernel."""
+    last = name.rsplit(".", 1)[-1]
+    if name.endswith("qkv.weight"):  # three Dense kernels [d, inner]
+        inner, d = p.shape[0] // 3, p.shape[1]
+        return "glorot_uniform_slices", (6 / (d + inner)) ** 0.5
+    if "relative_attention_bias" in name or name.endswith("embedding.weight") or "tokenizers.text" in name:
+        return "uniform", 0.05  # Keras Embedding default
+    if ".tables." in name:
+        return "truncated_normal", p.shape[-1] ** -0.5
+    if "agg_token" in name:
+        return "glorot_normal", p.shape[0] ** -0.5  # std of the truncated draw
+    if "norm" in name or "_bn" in name:
+        return ("constant", 1.0) if last == "weight" else ("constant", 0.0)
+    if last == "bias":
+        return "constant", 0.0
+    if p.dim() >= 2:  # Dense kernel [out, in] or Conv kernel [out, in, *receptive]
+        receptive = p[0, 0].numel()
+        return "glorot_uniform", (6 / (p.shape[1] * receptive + p.shape[0] * receptive)) ** 0.5
+    raise AssertionError(f"no official initialiser known for {name}")
+
+
+def assert_uniform(x: torch.Tensor, bound: float, what: str):
+    assert float(x.abs().max()) <= bound * (1 + 1e-6), f"{what}: beyond ±{bound:.4f}"
+    std, want = float(x.std()), bound / 3**0.5
+    assert abs(std / want - 1) <= 4 / x.numel() ** 0.5 + 0.01, f"{what}: std {std:.4f}, official {want:.4f}"
+
+
+@pytest.mark.parametrize("preset", ["tx_fac_tiny", "ut_fac_tiny", "vit_tiny_classifier", "wat_tiny_classifier"])
+def test_every_parameter_starts_as_the_official_initialiser_draws(preset):
+    torch.manual_seed(0)
+    model = build_model(preset)
+    for name, p in model.named_parameters():
+        p = p.detach()
+        if name.endswith("classification.bias") and model.config.output == "sigmoid":
+            torch.testing.assert_close(p, torch.full_like(p, -math.log(p.numel() - 1)))  # the AudioSet prior
+            continue
+        kind, value = official_initialiser(name, p, 0)
+        if kind == "constant":
+            assert torch.equal(p, torch.full_like(p, value)), name
+        elif kind == "uniform" or kind == "glorot_uniform":
+            assert_uniform(p, value, name)
+        elif kind == "glorot_uniform_slices":
+            for i, part in enumerate(p.chunk(3, dim=0)):
+                assert_uniform(part, value, f"{name} {'qkv'[i]}")
+        else:  # truncated at two σ of the draw: official TruncatedNormal(σ), glorot_normal's σ/0.8796
+            sigma = value if kind == "truncated_normal" else value / 0.87962566103423978
+            assert float(p.abs().max()) <= 2 * sigma * (1 + 1e-6), f"{name}: beyond ±2σ"
+            std, want = float(p.std()), 0.87962566103423978 * sigma
+            assert abs(std / want - 1) <= 4 / p.numel() ** 0.5 + 0.01, f"{name}: std {std:.4f}, official {want:.4f}"
+
+
+def test_fac_batchnorm_moving_variance_is_the_biased_batch_variance():
+    """Keras (and the official SyncBatchNormalization) moves the variance towards the biased batch variance;
+    torch's BatchNorm would use the unbiased one, 4/3 larger at a batch of 4."""
+    model = build_model("tx_fac_tiny").train()
+    bn = model.head.hidden_to_va_pre_bn
+    x = torch.randn(4, bn.num_features) * 3 + 1
+    with torch.no_grad():
+        y = bn(x)
+    torch.testing.assert_close(bn.running_mean, 0.1 * x.mean(0))
+    torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * x.var(0, unbiased=False))
+    # normalised with the biased batch statistics
+    torch.testing.assert_close(y, (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5), atol=1e-5, rtol=1e-5)

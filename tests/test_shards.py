@@ -95,6 +95,29 @@ def test_stream_matches_the_manifest_dataset(sample_dir, shard_dir, tokenizer):
         assert got["start_s"] == pytest.approx(want["start_s"])
 
 
+def test_shard_members_are_decoded_from_memory(sample_dir, shard_dir, tokenizer, monkeypatch):
+    """No temporary file: with every way of making one disabled, the stream still decodes; and a clip decoded
+    from bytes equals the one decoded from the file."""
+    import tempfile
+
+    def no_temp_files(*args, **kwargs):
+        raise AssertionError("a temporary file was made")
+
+    for name in ("NamedTemporaryFile", "TemporaryFile", "mkstemp", "mkdtemp", "SpooledTemporaryFile"):
+        monkeypatch.setattr(tempfile, name, no_temp_files)
+    samples = list(ShardDataset(shard_dir, tokenizer, train=False, **SMALL))
+    assert len(samples) == 10
+    path = sample_dir / _rows(sample_dir / "manifest.csv")[0]["video"]
+    from_file = decoding.decode_clip(path, 0.5, 4, 2.5, 8000, 8000)
+    in_memory = decoding.MediaBytes("member.mp4", path.read_bytes())
+    from_bytes = decoding.decode_clip(in_memory, 0.5, 4, 2.5, 8000, 8000)
+    assert torch.equal(from_bytes.frames, from_file.frames) and torch.equal(from_bytes.audio, from_file.audio)
+    assert from_bytes.path == "member.mp4"
+    with pytest.raises(MediaError) as err:
+        decoding.decode_clip(decoding.MediaBytes("shard-0.tar:x.mp4", b"not a video"), 0.0, 4)
+    assert err.value.reason == "corrupt" and "shard-0.tar:x.mp4" in str(err.value)
+
+
 def test_every_sample_once_per_epoch_across_ranks_and_workers(shard_dir, tokenizer):
     keys = []
     for rank in range(2):

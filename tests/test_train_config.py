@@ -17,6 +17,17 @@ def test_defaults_are_the_official_recipe():
     assert (c.optim.beta1, c.optim.beta2, c.optim.eps, c.optim.weight_decay, c.optim.grad_clip_norm) == \
         (0.9, 0.999, 1e-7, 0.0, 0.0)
     assert c.loss.temperature == 0.07
+    assert c.run.precision == "fp32"  # the official models were trained in float32
+
+
+def test_train_where_on_shards_is_an_error_not_ignored(tmp_path):
+    from vatt.train.data import build_dataset
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    c = load_config(None, [f"data.train={shards}", "data.train_where={split: train}"])
+    with pytest.raises(ValueError, match="train_where"):
+        build_dataset(c.data, c.model.build_config(), None, "train", 0)
 
 
 def test_yaml_and_set_overrides_are_typed(tmp_path):
@@ -48,6 +59,8 @@ def test_parse_value():
     (["model.overrides.video.droptoken.enabeld=false"], ["model.overrides", "enabled"]),
     (["data.batch_size=0"], ["data.batch_size"]),
     (["optim.weight_decay=0.1"], ["optim.weight_decay", "adamw"]),
+    (["model.overrides.text.transformer.use_bias=true"], ["use_bias", "T5"]),  # T5 has no biases: not ignored
+    (["run.stop_at_step=600000"], ["run.stop_at_step", "optim.total_steps"]),
     (["model.preset=vit_base"], ["model.preset", "tx_fac"]),           # not a pre-training model
     (["lr"], ["key=value"]),
 ])

@@ -72,7 +72,8 @@ def tiny_config(out: Path, *overrides: str):
 
 # At this size and step count, dropout 0.1 slows learning more than the test can wait for.
 NO_DROPOUT = ["model.overrides.video.transformer.dropout_rate=0", "model.overrides.audio.transformer.dropout_rate=0",
-              "model.overrides.text.transformer.dropout_rate=0"]
+              "model.overrides.text.transformer.dropout_rate=0", "model.overrides.video.pos_dropout_rate=0",
+              "model.overrides.audio.pos_dropout_rate=0"]
 # Dropout and DropToken draw per rank; without them N ranks compute exactly what one process computes.
 DETERMINISTIC = NO_DROPOUT + ["model.overrides.video.droptoken.enabled=false",
                               "model.overrides.audio.droptoken.enabled=false"]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vatt.train.config import OptimConfig
-from vatt.train.optim import build_optimizer, learning_rate, param_groups, set_learning_rate
+from vatt.train.optim import KerasAdam, build_optimizer, learning_rate, param_groups, set_learning_rate
 
 
 def official_schedule(step: int) -> float:
@@ -30,7 +30,8 @@ def test_schedule_holds_final_rate_after_total_steps():
 def test_adam_defaults_and_set_learning_rate():
     model = nn.Linear(3, 2)
     opt = build_optimizer(model, OptimConfig())
-    assert isinstance(opt, torch.optim.Adam) and not isinstance(opt, torch.optim.AdamW)
+    assert isinstance(opt, KerasAdam)  # the official optimiser; torch's form is the option "torch_adam"
+    assert type(build_optimizer(model, OptimConfig(optimizer="torch_adam"))) is torch.optim.Adam
     group = opt.param_groups[0]
     assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-7 and group["weight_decay"] == 0.0
     assert set_learning_rate(opt, 2500, OptimConfig()) == pytest.approx(5e-5)
@@ -53,3 +54,44 @@ def test_frozen_parameters_are_left_out():
     model.bias.requires_grad_(False)
     groups = param_groups(model, 0.0)
     assert [id(p) for p in groups[0]["params"]] == [id(model.weight)]
+
+
+def keras_adam_closed_form(grads, lrs, beta1=0.9, beta2=0.999, eps=1e-7, start_step=0, w=0.0):
+    """Keras' `ResourceApplyAdam` in float64: ε on the square root of the uncorrected second moment."""
+    m = v = 0.0
+    for i, (g, lr) in enumerate(zip(grads, lrs)):
+        t = start_step + i + 1
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        w -= lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) * m / (math.sqrt(v) + eps)
+    return w
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-6])  # 1e-6: gradients near ε, where the two ε forms part
+def test_keras_adam_matches_the_closed_form(scale):
+    grads = [0.3 * scale, -1.2 * scale, 0.05 * scale, 2.0 * scale, -0.7 * scale]
+    lrs = [1e-3, 2e-3, 3e-3, 1e-3, 5e-4]
+    w = nn.Parameter(torch.zeros((), dtype=torch.float64))
+    opt = build_optimizer(nn.ParameterList([w]), OptimConfig())
+    torch_w = nn.Parameter(torch.zeros((), dtype=torch.float64))
+    torch_opt = build_optimizer(nn.ParameterList([torch_w]), OptimConfig(optimizer="torch_adam"))
+    for g, lr in zip(grads, lrs):
+        for p, o in ((w, opt), (torch_w, torch_opt)):
+            o.param_groups[0]["lr"] = lr
+            p.grad = torch.tensor(g, dtype=torch.float64)
+            o.step()
+    want = keras_adam_closed_form(grads, lrs)
+    assert float(w.detach()) == pytest.approx(want, rel=1e-12, abs=1e-18)
+    if scale < 1:  # torch's Adam adds ε after the bias correction: far from Keras when |g| ~ ε
+        assert abs(float(torch_w.detach()) - want) > 0.1 * abs(want)
+
+
+def test_keras_adam_resumes_from_its_step_counter():
+    """A restored counter t0 makes the next update use t0 + 1 in the bias corrections, as Keras' iterations."""
+    w = nn.Parameter(torch.zeros(()))
+    opt = KerasAdam([w], lr=1e-3)
+    opt.state[w] = {"step": torch.tensor(1.0), "exp_avg": torch.zeros(()), "exp_avg_sq": torch.zeros(())}
+    w.grad = torch.tensor(0.5)
+    opt.step()
+    assert float(w.detach()) == pytest.approx(keras_adam_closed_form([0.5], [1e-3], start_step=1), rel=1e-6)
+    assert float(opt.state[w]["step"]) == 2

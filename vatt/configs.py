@@ -61,6 +61,9 @@ class VideoConfig:
     max_vertical_buckets: int = 14
     max_horizontal_buckets: int = 14
     droptoken: DropTokenConfig = field(default_factory=DropTokenConfig)
+    # Dropout on (patch + positional code). The official code builds its positional layer without a rate, so
+    # it is 0.1 whatever transformer.dropout_rate says.
+    pos_dropout_rate: float = 0.1
     # Dense(d, gelu) after the voxel projection / after the encoder: only when fine-tuning a UT model.
     pre_projection: bool = False
     post_projection: bool = False
@@ -82,6 +85,7 @@ class AudioConfig:
     max_spectral_buckets: int = 16
     sample_rate: int = 48000
     droptoken: DropTokenConfig = field(default_factory=DropTokenConfig)
+    pos_dropout_rate: float = 0.1  # fixed at 0.1 in the official code, as for video
     pre_projection: bool = False
     post_projection: bool = False
     d_post_proj: int = 1024
@@ -93,8 +97,9 @@ class TextConfig:
 
     name: str = "t5_small"
     kind: Literal["t5", "bert", "linear"] = "t5"
+    # T5-Small; no biases (the BERT-style model has them: see `bert_small`)
     transformer: TransformerConfig = field(
-        default_factory=lambda: TransformerConfig(d_model=512, num_layers=6, num_heads=8, d_ff=2048)
+        default_factory=lambda: TransformerConfig(d_model=512, num_layers=6, num_heads=8, d_ff=2048, use_bias=False)
     )
     vocab_size: int = 2**16
     d_embedding: int = 300  # frozen word2vec
@@ -103,6 +108,11 @@ class TextConfig:
     num_relative_buckets: int = 32
     max_relative_distance: int = 64  # official T5 value; HF T5 uses 128
     d_linear: int = 2048  # width of the linear (MMV) text model
+
+    def __post_init__(self) -> None:
+        if self.kind == "t5" and self.transformer.use_bias:
+            raise ValueError("text.transformer.use_bias=true: the T5 encoder has no bias terms (official t5.py); "
+                             "set it to false, or use text.kind=bert for a Transformer with biases")
 
 
 @dataclass
@@ -147,6 +157,7 @@ class UnifiedConfig:
     trainable_embeddings: bool = False
     d_post_proj: int = 1024
     droptoken: DropTokenConfig = field(default_factory=DropTokenConfig)
+    pos_dropout_rate: float = 0.1  # fixed at 0.1 in the official code (`uvatt.py`), as for ViT / WaT
     head: FACHeadConfig = field(default_factory=FACHeadConfig)
 
 
@@ -228,7 +239,7 @@ def t5_small() -> TextConfig:
 
 
 def bert_small() -> TextConfig:
-    return TextConfig(name="bert_small", kind="bert")
+    return TextConfig(name="bert_small", kind="bert", transformer=transformer("small", use_bias=True))
 
 
 def linear_text() -> TextConfig:
@@ -249,7 +260,7 @@ def _tiny_audio() -> AudioConfig:
 
 
 def _tiny_text() -> TextConfig:
-    return TextConfig(name="t5_tiny", transformer=transformer("tiny"), vocab_size=1024, d_embedding=32,
+    return TextConfig(name="t5_tiny", transformer=transformer("tiny", use_bias=False), vocab_size=1024, d_embedding=32,
                       trainable_embeddings=True)
 
 

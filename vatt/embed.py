@@ -45,6 +45,7 @@ import csv
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -674,17 +675,30 @@ def _captions(value: Any, where: str) -> list[str]:
 
 def list_media(inputs: Iterable[str | os.PathLike], *, path_column: str | None = None,
                caption_column: str | None = None, root: str | os.PathLike | None = None,
-               where: Mapping[str, Any] | None = None) -> list[MediaEntry]:
-    """Media files named by `inputs`: files, folders (searched recursively for video/audio extensions,
-    sorted) and manifests (CSV/TSV/JSON Lines, see `read_manifest_entries`). Order is kept."""
+               where: Mapping[str, Any] | None = None, left_out: Counter | None = None) -> list[MediaEntry]:
+    """Media files named by `inputs`: files, folders (searched recursively for video/audio extensions --
+    GIF included -- sorted) and manifests (CSV/TSV/JSON Lines, see `read_manifest_entries`). Order is kept.
+
+    Files of a folder that are not video or audio are counted in `left_out` by reason (images: the clip
+    embedding takes video and audio; other extensions: not media)."""
+    from vatt.data.datasets import format_left_out, scan_reason
+
     entries: list[MediaEntry] = []
     exts = _media_extensions()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts)
+            found, skipped = [], Counter()
+            for f in sorted(f for f in p.rglob("*") if f.is_file()):
+                if f.suffix.lower() in exts:
+                    found.append(f)
+                else:
+                    skipped[scan_reason(f, "video or audio")] += 1
+            if left_out is not None:
+                left_out.update(skipped)
             if not found:
-                raise ValueError(f"{p}: no video or audio files (extensions {', '.join(exts)})")
+                raise ValueError(f"{p}: no video or audio files (extensions {', '.join(exts)})"
+                                 + (f"; left out: {format_left_out(skipped)}" if skipped else ""))
             entries += [MediaEntry(os.fspath(f)) for f in found]
         elif is_manifest(p):
             entries += read_manifest_entries(p, path_column=path_column, caption_column=caption_column, root=root,

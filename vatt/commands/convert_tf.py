@@ -3,6 +3,10 @@
     vatt convert-tf <checkpoint-prefix> --preset tx_fac_bbs --out converted/bbs
     vatt convert-tf <checkpoint-prefix> --official-config config.json --out converted/mine
 
+    vatt convert-tf <checkpoint-prefix> --official-config config.json --optimizer-state --out runs/resumed
+        # a pre-training checkpoint with its Adam state -> runs/resumed/checkpoints/step_<iter>/, which
+        # `vatt pretrain --resume --set run.output_dir=runs/resumed` continues where the official run stopped
+
 The checkpoint prefix is the path without `.index` / `.data-*` (e.g. `.../ckpt-500000`). Needs TensorFlow
 (`pip install "vatt[tf]"`) for reading only.
 """
@@ -19,6 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--official-config", help="a JSON of the official resolved config (as in the parity folders)")
     p.add_argument("--num-classes", type=int, help="classifier presets: number of classes of the checkpoint")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--optimizer-state", action="store_true",
+                   help="pre-training checkpoints: also convert the Adam state and step counter, and write a training "
+                        "checkpoint OUT/checkpoints/step_<iter>/ that `vatt pretrain --resume` (run.output_dir=OUT) "
+                        "continues")
     p.add_argument("--allow-missing", action="store_true",
                    help="write the model even if some parameters have no source (e.g. a new classifier head "
                         "when converting a pre-training checkpoint into a classifier)")
@@ -56,6 +64,19 @@ def run(args: argparse.Namespace) -> int:
             print("refusing to write an incomplete model; check --preset, or pass --allow-missing")
             return 1
     load_state(model, state)
+    if args.optimizer_state:
+        from vatt.checkpoint.optimizer_state import write_training_checkpoint
+        if not isinstance(cfg, (configs.VATTConfig, configs.UnifiedConfig)):
+            print("--optimizer-state needs a pre-training model (tx_fac or ut_fac)")
+            return 1
+        try:
+            folder = write_training_checkpoint(args.checkpoint, model, cfg, model.state_dict(), args.out)
+        except ValueError as e:
+            print(f"cannot convert the optimizer state: {e}")
+            return 1
+        print(f"wrote training checkpoint {folder} (weights, Adam state, step); continue it with "
+              f"`vatt pretrain --resume --set run.output_dir={args.out}`")
+        return 0
     out = save(model, args.out, cfg)
     print(f"wrote {out}/model.safetensors and {out}/config.json ({len(state)} tensors)")
     return 0

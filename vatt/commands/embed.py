@@ -13,6 +13,7 @@ audio or both) unless --modalities says otherwise; captions are only used when a
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import os
 
 
@@ -158,8 +159,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--windows must be >= 1, got {args.windows}")
     t0 = time.perf_counter()
     model = load_model(args.model, args.device, args.vocab)
+    left_out: Counter[str] = Counter()
     entries = list_media(args.inputs, path_column=args.path_column, caption_column=args.caption_column,
-                         root=args.root, where=parse_where(args.where)) if args.inputs else []
+                         root=args.root, where=parse_where(args.where), left_out=left_out) if args.inputs else []
+    if left_out:
+        from vatt.data.datasets import format_left_out
+        print(f"left out {sum(left_out.values())} file(s) of the folders: {format_left_out(left_out)}")
 
     files = None
     if entries:

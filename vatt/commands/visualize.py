@@ -92,9 +92,15 @@ def _embeddings_from_model(args, modalities) -> tuple[dict[str, Any], list]:
     data = getattr(args, "data", None) or args.manifest
     model = load_model(args.model, args.device, args.vocab)
     if Path(data).is_dir():
+        from collections import Counter
+
+        from vatt.data.datasets import format_left_out
         root = Path(data)
+        left_out: Counter[str] = Counter()
         entries = [MediaEntry(e.path, fields={"label": Path(e.path).relative_to(root).parts[0]})
-                   for e in list_media([root]) if len(Path(e.path).relative_to(root).parts) > 1]
+                   for e in list_media([root], left_out=left_out) if len(Path(e.path).relative_to(root).parts) > 1]
+        if left_out:
+            print(f"left out {sum(left_out.values())} file(s) of {root}: {format_left_out(left_out)}")
         if not entries:
             raise ValueError(f"{root}: no media files in class sub-folders")
     else:

@@ -56,7 +56,8 @@ from vatt.data.text import WordTokenizer, split_words
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".ogv", ".3gp")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".ogv", ".3gp",
+                    ".gif")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -483,9 +484,10 @@ def select_captions(own: list[Any] | None, context: Iterable[Any], cfg: Pretrain
     return chosen + [""] * (cfg.num_captions - len(chosen))
 
 
-def make_pretrain_sample(path: str, seg_start: float, seg_end: float, captions: list[str] | None,
+def make_pretrain_sample(path: decoding.MediaSource, seg_start: float, seg_end: float, captions: list[str] | None,
                          tokenizer: WordTokenizer, cfg: PretrainSampleConfig, rng: torch.Generator) -> dict[str, Any]:
-    """Decode, augment and tokenize one pre-training sample from `path` inside [seg_start, seg_end]."""
+    """Decode, augment and tokenize one pre-training sample from `path` (a file, or `MediaBytes` in memory)
+    inside [seg_start, seg_end]."""
     span = max(seg_end - seg_start, 0.0)
     mode = "random" if cfg.train else ("center" if cfg.num_windows == 1 else "linspace")
     starts = [seg_start + s for s in decoding.sample_start(span, cfg.num_frames / cfg.fps, rng, mode, cfg.num_windows)]
@@ -516,7 +518,7 @@ def make_pretrain_sample(path: str, seg_start: float, seg_end: float, captions: 
         "audio_mask": torch.tensor(float(mask)),
         "text_mask": torch.tensor(0.0 if captions is None else 1.0),
         "caption": captions[0] if captions else "",
-        "path": path,
+        "path": os.fspath(path),
         "start_s": float(starts[0]),
     }
 
@@ -598,6 +600,19 @@ def _sorted_classes(names: Iterable[str]) -> list[str]:
     return sorted(names)
 
 
+def scan_reason(path: Path, wanted: str) -> str:
+    """Why a folder scan for `wanted` files ("video", "audio", "image", or "video or audio") leaves `path` out."""
+    ext = path.suffix.lower() or "(no extension)"
+    for kind, exts in (("video", VIDEO_EXTENSIONS), ("audio", AUDIO_EXTENSIONS), ("image", IMAGE_EXTENSIONS)):
+        if ext in exts:
+            return f"{kind} file, this scan takes {wanted} files"
+    return f"{ext} is not a media format vatt reads"
+
+
+def format_left_out(left_out: Mapping[str, int]) -> str:
+    return "; ".join(f"{n} {why}" for why, n in sorted(left_out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _read_class_list(classes: Sequence[str] | str | os.PathLike) -> list[str]:
     if isinstance(classes, (str, os.PathLike)):
         return [line.strip() for line in Path(classes).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -615,8 +630,9 @@ class ClassificationDataset(SkippingDataset):
     spaced windows (the middle one if 1), each resized and cropped 3 times along the longer side
     (`multi_crop`, view = crop * K + window) or centre-cropped -> `video` [V, T, S, S, 3].
     Audio (`modality="audio"`): `audio_samples` at `sample_rate` from a random window (training) or
-    `num_windows` windows -> [V, N]. For the official audio fine-tuning input (153 600 samples at
-    stride 2 of 48 kHz) use sample_rate=24000. A file without an audio stream is an error. Audio
+    `num_windows` windows -> [V, N]; `audio_stride` keeps every n-th sample of a window decoded at
+    `sample_rate` (the official AudioSet input: 153 600 samples at stride 2 of 48 kHz, i.e.
+    sample_rate=48000, audio_stride=2). A file without an audio stream is an error. Audio
     shorter than the window is repeated (`audio_pad="loop"`), as DMVR's samplers repeat a short
     sequence; FSDD digits last about 0.4 s.
     Image (`modality="image"`): train Inception crop + flip, eval resize + centre crop, then tiled
@@ -636,6 +652,7 @@ class ClassificationDataset(SkippingDataset):
         size: int = transforms.IMAGE_SIZE,
         audio_samples: int = 153600,
         sample_rate: int = decoding.REF_SAMPLE_RATE,
+        audio_stride: int = 1,
         num_windows: int = 4,
         multi_crop: bool = True,
         image_frames: int = 4,
@@ -663,10 +680,13 @@ class ClassificationDataset(SkippingDataset):
                 raise ValueError(f"{item.path}: several labels {item.label}; pass multi_label=True")
         self.modality, self.train, self.multi_label = modality, train, multi_label
         self.num_frames, self.fps, self.size = num_frames, fps, size
-        self.audio_samples, self.sample_rate = audio_samples, sample_rate
+        if audio_stride < 1:
+            raise ValueError(f"audio_stride must be >= 1, got {audio_stride}")
+        self.audio_samples, self.sample_rate, self.audio_stride = audio_samples, sample_rate, audio_stride
         self.num_windows, self.multi_crop, self.image_frames = num_windows, multi_crop, image_frames
         self.flip_prob, self.audio_pad = flip_prob, audio_pad
         self.max_pixels, self.short_side = max_pixels, short_side
+        self.left_out: dict[str, int] = {}  # `from_folder`: files of the folders it did not take, by reason
 
     @property
     def num_classes(self) -> int:
@@ -707,11 +727,11 @@ class ClassificationDataset(SkippingDataset):
         return transforms.eval_video_transform(stacked, self.size), starts[0]
 
     def _load_audio(self, item: LabeledItem, rng: torch.Generator) -> tuple[torch.Tensor, float]:
-        starts = self._starts(item, self.audio_samples / self.sample_rate, rng)
+        starts = self._starts(item, self.audio_samples * self.audio_stride / self.sample_rate, rng)
         waves = []
         for s in starts:
             audio, _ = decoding.decode_audio(item.path, s, self.audio_samples, self.sample_rate,
-                                             pad=self.audio_pad, require_audio=True)
+                                             pad=self.audio_pad, require_audio=True, stride=self.audio_stride)
             waves.append(audio)
         return (waves[0] if self.train else torch.stack(waves)), starts[0]
 
@@ -754,16 +774,26 @@ class ClassificationDataset(SkippingDataset):
             d.name for d in root.iterdir() if d.is_dir())
         index = {c: i for i, c in enumerate(names)}
         items = []
+        left_out: Counter[str] = Counter()  # why -> files
         for name in names:
             folder = root / name
             if not folder.is_dir():
                 raise FileNotFoundError(f"class folder {folder} does not exist")
             for f in sorted(folder.rglob("*")):
-                if f.is_file() and f.suffix.lower() in exts:
+                if not f.is_file():
+                    continue
+                if f.suffix.lower() in exts:
                     items.append(LabeledItem(os.fspath(f), index[name]))
+                else:
+                    left_out[scan_reason(f, modality)] += 1
         if not items:
-            raise ValueError(f"no {modality} files with extensions {exts} under {root}")
-        return cls(items, names, modality=modality, **kwargs)
+            raise ValueError(f"no {modality} files with extensions {exts} under {root}"
+                             + (f" (left out: {format_left_out(left_out)})" if left_out else ""))
+        dataset = cls(items, names, modality=modality, **kwargs)
+        dataset.left_out = dict(left_out)
+        if left_out:
+            log.warning("%s: %d file(s) left out: %s", root, sum(left_out.values()), format_left_out(left_out))
+        return dataset
 
     @classmethod
     def from_csv(cls, csv_path: str | os.PathLike, *, path_column: str = "path", label_column: str = "label",

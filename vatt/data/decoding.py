@@ -38,10 +38,12 @@ the beginning of the file: slower, never wrong.
 from __future__ import annotations
 
 import bisect
+import io
 import math
 import os
 import stat
 from dataclasses import dataclass
+from typing import Union
 
 import av
 import numpy as np
@@ -73,6 +75,21 @@ _AUDIO_GAP_TOLERANCE = 0.02
 _SEEK_BACKOFF_S = (2.0, 10.0)
 # Video seeks tried before decoding from the beginning of the file (see decode_clip).
 _MAX_SEEKS = 3
+
+
+@dataclass(frozen=True)
+class MediaBytes:
+    """A media file held in memory (a shard member), decoded through PyAV's file-like input: no temporary
+    file. `name` stands for the file in clips and error messages."""
+
+    name: str
+    data: bytes
+
+    def __fspath__(self) -> str:  # error messages and `Clip.path` name it like a path
+        return self.name
+
+
+MediaSource = Union[str, "os.PathLike[str]", MediaBytes]
 
 
 @dataclass(frozen=True)
@@ -119,9 +136,16 @@ def _ffmpeg_detail(err: Exception) -> str:
     return getattr(err, "strerror", None) or str(err)
 
 
-def _open(path: str) -> av.container.InputContainer:
+def _open(path: str | MediaBytes) -> av.container.InputContainer:
     """Open by content (FFmpeg probes the bytes; the extension is not trusted)."""
     faults.point("data.decode")
+    if isinstance(path, MediaBytes):
+        if not path.data:
+            raise MediaError(path.name, "empty_file", "file has 0 bytes")
+        try:
+            return av.open(io.BytesIO(path.data), mode="r", metadata_errors="ignore")
+        except (av.error.FFmpegError, OSError) as err:
+            raise MediaError(path.name, "corrupt", f"cannot parse the container ({_ffmpeg_detail(err)})") from None
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -174,10 +198,10 @@ def _codec_name(stream) -> str | None:
     return stream.codec_context.name if stream.codec_context is not None else None
 
 
-def probe(path: str | os.PathLike) -> MediaInfo:
+def probe(path: MediaSource) -> MediaInfo:
     """Read stream facts from the headers (no decoding). Raises MediaError for unusable files."""
-    path = os.fspath(path)
-    with _open(path) as container:
+    source, path = _source(path)
+    with _open(source) as container:
         v = _video_stream(container)
         a = _audio_stream(container)
         duration = container.duration / av.time_base if container.duration is not None else None
@@ -622,12 +646,20 @@ def _decode_audio_span(path, container, t0_abs, num_samples, sample_rate, origin
     return audio
 
 
+def _source(path: MediaSource) -> tuple[str | MediaBytes, str]:
+    """(what `_open` opens, the name messages use) of a path or a `MediaBytes`."""
+    if isinstance(path, MediaBytes):
+        return path, path.name
+    path = os.fspath(path)
+    return path, path
+
+
 def _check_pad_mode(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def decode_clip(path: str | os.PathLike, start_s: float, num_frames: int = 32, fps: float = REF_FPS,
+def decode_clip(path: MediaSource, start_s: float, num_frames: int = 32, fps: float = REF_FPS,
                 audio_samples: int = 153600, sample_rate: int = REF_SAMPLE_RATE, *,
                 decode_video: bool = True, decode_audio: bool = True, short_side: int | None = None,
                 max_pixels: int = DEFAULT_MAX_PIXELS, video_pad: str = "loop", audio_pad: str = "mask",
@@ -653,9 +685,9 @@ def decode_clip(path: str | os.PathLike, start_s: float, num_frames: int = 32, f
         inside a DataLoader worker process (the workers already share the cores), else 0.
 
     Raises MediaError with reason missing_file, unreadable, empty_file, corrupt, no_video_stream,
-    unsupported_codec, too_large, too_short.
+    unsupported_codec, too_large, too_short. `path` may be a `MediaBytes` (a file in memory).
     """
-    path = os.fspath(path)
+    source, path = _source(path)
     if start_s < 0 or not math.isfinite(start_s):
         raise ValueError(f"start_s must be a finite time >= 0, got {start_s}")
     if num_frames < 1 or not fps > 0:
@@ -665,7 +697,7 @@ def decode_clip(path: str | os.PathLike, start_s: float, num_frames: int = 32, f
     _check_pad_mode("video_pad", video_pad, ("loop", "last"))
     _check_pad_mode("audio_pad", audio_pad, ("mask", "zeros", "loop"))
 
-    container = _open(path)
+    container = _open(source)
     try:
         origin = _origin_s(container)
         v = _video_stream(container)
@@ -701,7 +733,7 @@ def decode_clip(path: str | os.PathLike, start_s: float, num_frames: int = 32, f
         for attempt in range(1, _MAX_SEEKS + 2):
             if attempt > 1:
                 container.close()
-                container = _open(path)
+                container = _open(source)
             try:
                 sampler, audio, errors = _video_pass(
                     path, container, targets, audio_t0, audio_samples, sample_rate,
@@ -738,7 +770,7 @@ def decode_clip(path: str | os.PathLike, start_s: float, num_frames: int = 32, f
             audio = None  # the video's seek position did not reach the audio span: seek for audio
 
     if want_audio and audio is None:
-        audio = _decode_audio_span(path, container, audio_t0, audio_samples, sample_rate, origin)
+        audio = _decode_audio_span(source, container, audio_t0, audio_samples, sample_rate, origin)
     container.close()
 
     if decode_audio:
@@ -750,25 +782,28 @@ def decode_clip(path: str | os.PathLike, start_s: float, num_frames: int = 32, f
     return clip
 
 
-def decode_audio(path: str | os.PathLike, start_s: float, num_samples: int,
+def decode_audio(path: MediaSource, start_s: float, num_samples: int,
                  sample_rate: int = REF_SAMPLE_RATE, *, pad: str = "mask",
-                 require_audio: bool = False) -> tuple[torch.Tensor, float]:
+                 require_audio: bool = False, stride: int = 1) -> tuple[torch.Tensor, float]:
     """Mono float32 audio `[num_samples]` at `sample_rate` from `start_s`, and its mask.
 
     Works on audio files (wav, flac, ogg, mp3, ...) and on the audio track of video files, on the same
-    clock as `decode_clip`. For the official audio fine-tuning input (153 600 samples at stride 2, i.e.
-    6.4 s at an effective 24 kHz) ask for `sample_rate=24000`.
+    clock as `decode_clip`. `stride` keeps every stride-th sample of `num_samples · stride` decoded at
+    `sample_rate`, without a low-pass filter: the official audio fine-tuning input (153 600 samples at
+    stride 2 of 48 kHz, i.e. 6.4 s) is `sample_rate=48000, stride=2`. (`sample_rate=24000` instead
+    resamples with FFmpeg's filter: the same span, without the aliasing of plain decimation.)
 
     `pad` is as `decode_clip`'s `audio_pad`. A file without (decodable) audio gives zeros and mask 0.0,
     or raises MediaError("no_audio_stream" / "unsupported_codec") when `require_audio`.
     """
-    path = os.fspath(path)
+    source, path = _source(path)
     if start_s < 0 or not math.isfinite(start_s):
         raise ValueError(f"start_s must be a finite time >= 0, got {start_s}")
-    if num_samples < 0 or sample_rate <= 0:
-        raise ValueError(f"need num_samples >= 0 and sample_rate > 0, got {num_samples}, {sample_rate}")
+    if num_samples < 0 or sample_rate <= 0 or stride < 1:
+        raise ValueError(f"need num_samples >= 0, sample_rate > 0 and stride >= 1, got {num_samples}, {sample_rate}, "
+                         f"{stride}")
     _check_pad_mode("pad", pad, ("mask", "zeros", "loop"))
-    container = _open(path)
+    container = _open(source)
     a = _audio_stream(container)
     if a is None or a.codec_context is None:
         container.close()
@@ -778,6 +813,6 @@ def decode_audio(path: str | os.PathLike, start_s: float, num_samples: int,
             raise MediaError(path, "unsupported_codec", f"no decoder for audio stream #{a.index}")
         return torch.zeros(num_samples, dtype=torch.float32), 0.0
     origin = _origin_s(container)
-    audio = _decode_audio_span(path, container, origin + start_s, num_samples, sample_rate, origin)
+    audio = _decode_audio_span(source, container, origin + start_s, num_samples * stride, sample_rate, origin)
     pcm, mask = audio.result(pad)
-    return torch.from_numpy(pcm), mask
+    return torch.from_numpy(np.ascontiguousarray(pcm[::stride])), mask

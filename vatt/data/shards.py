@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import tarfile
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -52,6 +51,7 @@ from vatt.data.datasets import (
     select_captions,
 )
 from vatt.atomic import write_json
+from vatt.data.decoding import MediaBytes
 from vatt.data.errors import MediaError
 from vatt.data.text import WordTokenizer
 
@@ -331,7 +331,7 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, shards: str | os.PathLike | Sequence[str | os.PathLike], tokenizer: WordTokenizer, *,
                  shuffle_buffer: int = 256, seed: int = 0, strict: bool = False, rank: int | None = None,
-                 world_size: int | None = None, tmp_dir: str | os.PathLike | None = None, **config: Any):
+                 world_size: int | None = None, **config: Any):
         self.shards = list_shards(shards)
         self.tokenizer = tokenizer
         self.config = PretrainSampleConfig(**config)
@@ -339,7 +339,6 @@ class ShardDataset(IterableDataset):
         self.seed = seed
         self.strict = strict or not self.config.train
         self.rank, self.world_size = rank, world_size
-        self.tmp_dir = tmp_dir
         self.epoch = 0
         self._epoch_set = False
 
@@ -405,15 +404,12 @@ class ShardDataset(IterableDataset):
         seg_end = meta.get("end")
         if seg_end is None:
             seg_end = meta.get("duration_s") or 0.0
-        # The decoder reads paths, so the bytes go through a temporary file (in RAM where /dev/shm exists).
-        tmp_dir = self.tmp_dir or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
-        with tempfile.NamedTemporaryFile(suffix=f".{ext}", dir=tmp_dir) as f:
-            f.write(files[ext])
-            f.flush()
-            try:
-                sample = make_pretrain_sample(f.name, seg_start, seg_end, captions, self.tokenizer, self.config, rng)
-            except MediaError as err:
-                raise MediaError(name, err.reason, err.detail) from None
+        # Decoded from memory (PyAV reads a file-like object): no temporary file to leave behind.
+        media_bytes = MediaBytes(f"{name}.{ext}", files[ext])
+        try:
+            sample = make_pretrain_sample(media_bytes, seg_start, seg_end, captions, self.tokenizer, self.config, rng)
+        except MediaError as err:
+            raise MediaError(name, err.reason, err.detail) from None
         sample["path"] = meta.get("source", name)
         sample["start_s"] = sample["start_s"] + float(meta.get("offset_s") or 0.0)  # on the source's clock
         sample["key"] = name

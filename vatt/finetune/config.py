@@ -93,7 +93,11 @@ class DataConfig:
     frame_size: int = 0
     fps: float = 12.5  # official: 32 frames at stride 2 of 25 fps sources
     audio_samples: int = 0
-    sample_rate: int = 0  # official AudioSet fine-tuning: 153,600 samples at stride 2 of 48 kHz, i.e. 24000
+    sample_rate: int = 0
+    # Keep every n-th decoded sample: official AudioSet fine-tuning takes 153,600 samples at stride 2 of
+    # 48 kHz (sample_rate 48000, audio_stride 2). sample_rate 24000 with stride 1 is the low-pass-filtered
+    # alternative (a named deviation).
+    audio_stride: int = 1
     image_frames: int = 0  # images are tiled over this many frames; 0 = the temporal patch size (official 4)
     # Test views: `num_windows_test` linearly spaced windows, x3 spatial crops with `multi_crop` (video);
     # logits are averaged over all views before the softmax / sigmoid.
@@ -139,7 +143,8 @@ class RunConfig:
     output_dir: str = "runs/finetune"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # "fp32" as the official models were trained; "bf16" / "auto" (bf16 where fast) are named options.
+    precision: Literal["auto", "bf16", "fp32"] = "fp32"
     max_consecutive_bad_steps: int = 20
 
 
@@ -181,7 +186,7 @@ class FinetuneConfig:
                     self.data.num_windows_test, "checkpoint.keep_last": self.checkpoint.keep_last,
                     "log.every_steps": self.log.every_steps, "data.fps": self.data.fps,
                     "run.max_consecutive_bad_steps": self.run.max_consecutive_bad_steps,
-                    "data.mixup_alpha": self.data.mixup_alpha}
+                    "data.mixup_alpha": self.data.mixup_alpha, "data.audio_stride": self.data.audio_stride}
         non_negative = {name: getattr(getattr(self, name.split(".")[0]), name.split(".")[1]) for name in (
             "model.num_classes", "data.eval_batch_size", "data.num_workers", "data.num_frames", "data.frame_size",
             "data.audio_samples", "data.sample_rate", "data.image_frames", "data.audio_noise", "optim.lr",

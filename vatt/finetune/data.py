@@ -23,6 +23,7 @@ class InputSizes:
     audio_samples: int | None
     sample_rate: int | None
     image_frames: int | None
+    audio_stride: int = 1
 
 
 def resolve_modality(data: DataConfig, model_config: Any) -> str:
@@ -43,7 +44,7 @@ def input_sizes(data: DataConfig, model_config: Any) -> InputSizes:
     spec = clip_spec(model_config, data.fps)
     if modality == "audio":
         return InputSizes("audio", None, None, data.fps, data.audio_samples or spec.audio_samples,
-                          data.sample_rate or spec.sample_rate, None)
+                          data.sample_rate or spec.sample_rate, None, data.audio_stride)
     image_frames = data.image_frames or model_config.video.temporal_patch_size
     return InputSizes(modality, data.num_frames or spec.num_frames, data.frame_size or spec.size, data.fps, None,
                       None, image_frames if modality == "image" else None)
@@ -53,7 +54,7 @@ def _kwargs(sizes: InputSizes, data: DataConfig, train: bool, seed: int) -> dict
     kw: dict[str, Any] = dict(modality=sizes.modality, train=train, seed=seed, flip_prob=data.flip_prob,
                               num_windows=data.num_windows_test, multi_crop=data.multi_crop)
     if sizes.modality == "audio":
-        kw.update(audio_samples=sizes.audio_samples, sample_rate=sizes.sample_rate)
+        kw.update(audio_samples=sizes.audio_samples, sample_rate=sizes.sample_rate, audio_stride=sizes.audio_stride)
     else:
         kw.update(num_frames=sizes.num_frames, fps=sizes.fps, size=sizes.size)
         if sizes.modality == "image":

@@ -30,8 +30,10 @@ class GELUDense(nn.Sequential):
 
 
 def agg_token(d: int) -> nn.Parameter:
-    # Keras glorot_normal on a (d,) vector: fan_in = fan_out = d -> std = sqrt(1/d)
-    return nn.Parameter(torch.randn(d) * d**-0.5)
+    # Keras glorot_normal on a (d,) vector: fan_in = fan_out = d; a normal truncated at two of its σ, with σ
+    # = sqrt(1/d) / 0.8796 so that the truncated values have std sqrt(1/d).
+    sigma = d**-0.5 / 0.87962566103423978
+    return nn.Parameter(nn.init.trunc_normal_(torch.empty(d), std=sigma, a=-2 * sigma, b=2 * sigma))
 
 
 class PatchTransformer(nn.Module):
@@ -44,7 +46,8 @@ class PatchTransformer(nn.Module):
         d = tx.d_model
         self.tokenizer = tokenizer
         self.pre_proj = GELUDense(d, d) if cfg.pre_projection else None
-        self.pos_embedding = FactorizedPositionalEmbedding(axes, max_buckets, d, tx.layer_norm_eps, tx.dropout_rate)
+        self.pos_embedding = FactorizedPositionalEmbedding(axes, max_buckets, d, tx.layer_norm_eps,
+                                                           cfg.pos_dropout_rate)
         self.droptoken = DropToken(cfg.droptoken, math.prod(max_buckets)) if droptoken else None
         self.agg_token = agg_token(d)
         self.transformer = TransformerEncoder(tx)

@@ -26,6 +26,10 @@ class DropToken(nn.Module):
         if not (self.training and self.enabled):
             return tokens
         b, n, d = tokens.shape
+        if n <= self.num_kept:
+            # The official `[:keep]` slice keeps every token of a short input; it never reaches a permuted
+            # full sequence (which the backbones would lay back onto the grid in the wrong order).
+            return tokens
         if self.mode == "shared":
             kept = torch.randperm(n, device=tokens.device)[: self.num_kept]
             return tokens[:, kept]

@@ -141,7 +141,7 @@ class WordEmbedding(nn.Module):
     def __init__(self, vocab_size: int, d_embedding: int, trainable: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(vocab_size, d_embedding), requires_grad=trainable)
-        nn.init.normal_(self.weight, std=d_embedding**-0.5)
+        nn.init.uniform_(self.weight, -0.05, 0.05)  # Keras `Embedding`'s default, until word2vec replaces it
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         check_shape("text", ids, "[B, n_words] integer word ids (pad id 0)",

@@ -175,6 +175,7 @@ class T5Encoder(_Stack):
         self.dropout = Dropout(cfg.dropout_rate)
         # Lives in layer 0 in the official code; its output is reused by every layer.
         self.relative_attention_bias = nn.Embedding(num_buckets, cfg.num_heads)
+        nn.init.uniform_(self.relative_attention_bias.weight, -0.05, 0.05)  # Keras `Embedding`'s default
         self.layers = nn.ModuleList(T5Block(cfg) for _ in range(cfg.num_layers))
         self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
 

@@ -25,7 +25,7 @@ class UnifiedTransformer(nn.Module):
     def __init__(self, cfg: UnifiedConfig):
         super().__init__()
         tx = cfg.transformer
-        d, eps, p = tx.d_model, tx.layer_norm_eps, tx.dropout_rate
+        d, eps, p = tx.d_model, tx.layer_norm_eps, cfg.pos_dropout_rate
         s = cfg.max_video_spatial_buckets
         self.tokenizers = nn.ModuleDict({
             "video": VoxelPatchEmbedding(d, cfg.video_temporal_patch_size, cfg.video_spatial_patch_size),

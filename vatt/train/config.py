@@ -91,7 +91,9 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: Literal["adam", "adamw"] = "adam"
+    # "adam": Keras Adam, the official optimiser (ε added to the uncorrected √v); "torch_adam": torch's
+    # Adam (ε added after the bias correction); "adamw": torch's AdamW, for weight decay.
+    optimizer: Literal["adam", "torch_adam", "adamw"] = "adam"
     lr: float = 1e-4  # peak learning rate, reached at the end of the warm-up
     final_lr: float = 5e-5  # reached by the cosine at `total_steps`
     warmup_steps: int = 5000  # linear from 0 to `lr`
@@ -118,8 +120,9 @@ class RunConfig:
     output_dir: str = "runs/pretrain"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # "auto": bf16 autocast where the device has fast bf16 (CUDA Ampere+, CPUs with AVX512-BF16/AMX).
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # "fp32": float32 throughout, as the official models were trained. "bf16": bf16 autocast; "auto": bf16
+    # autocast where the device has fast bf16 (CUDA Ampere+, CPUs with AVX512-BF16/AMX), else float32.
+    precision: Literal["auto", "bf16", "fp32"] = "fp32"
     # "ddp": every rank holds the whole model; "fsdp": parameters, gradients and optimiser state sharded.
     parallel: Literal["ddp", "fsdp"] = "ddp"
     # Steps whose loss or gradient is NaN/Inf are skipped; this many in a row stop the run.
@@ -127,6 +130,9 @@ class RunConfig:
     # Stop cleanly with a checkpoint once this much wall time has passed (a scheduler's time limit, a
     # demo's budget); `--resume` continues. 0 = no limit.
     time_limit_minutes: float = 0.0
+    # Stop (with a checkpoint) once this many steps are done, keeping the learning-rate schedule of
+    # optim.total_steps: a long run in chunks, or a few steps of the official schedule. 0 = optim.total_steps.
+    stop_at_step: int = 0
 
 
 @dataclass
@@ -171,6 +177,7 @@ class PretrainConfig:
                         "optim.weight_decay": self.optim.weight_decay,
                         "optim.grad_clip_norm": self.optim.grad_clip_norm,
                         "run.time_limit_minutes": self.run.time_limit_minutes,
+                        "run.stop_at_step": self.run.stop_at_step,
                         "checkpoint.every_steps": self.checkpoint.every_steps,
                         "eval.every_steps": self.eval.every_steps, "data.num_frames": self.data.num_frames,
                         "data.frame_size": self.data.frame_size, "data.audio_samples": self.data.audio_samples,
@@ -185,7 +192,10 @@ class PretrainConfig:
         for name in ("scale_jitter_prob", "flip_prob", "color_prob"):
             if not 0.0 <= getattr(self.data, name) <= 1.0:
                 raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(self.data, name)}")
-        if self.optim.weight_decay > 0 and self.optim.optimizer == "adam":
+        if self.run.stop_at_step > self.optim.total_steps:
+            raise ConfigError(f"run.stop_at_step={self.run.stop_at_step} is past optim.total_steps="
+                              f"{self.optim.total_steps}, where the schedule ends")
+        if self.optim.weight_decay > 0 and self.optim.optimizer != "adamw":
             raise ConfigError("optim.weight_decay needs optim.optimizer=adamw (Adam's coupled L2 decay is not offered)")
 
     def to_dict(self) -> dict[str, Any]:

@@ -185,6 +185,10 @@ def build_dataset(data_cfg: Any, model_config: Any, tokenizer: Any, split: str, 
     if split == "train":
         source, where = data_cfg.train, data_cfg.train_where
         if is_shards(source):
+            if where:
+                raise ValueError(f"data.train_where={where} selects manifest rows, but data.train={source!r} is "
+                                 "shards, which have no rows to select; remove data.train_where, or shard only the "
+                                 "rows you want (`vatt shard` of a filtered manifest)")
             from vatt.data.shards import ShardDataset
             return ShardDataset(shard_paths(source), tokenizer, seed=seed, shuffle_buffer=data_cfg.shuffle_buffer,
                                 **settings)

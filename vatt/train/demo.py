@@ -261,7 +261,8 @@ def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
         "log.tensorboard=false",
         # A tiny model on a small dataset for a few minutes learns fastest without dropout.
         "model.overrides.video.transformer.dropout_rate=0", "model.overrides.audio.transformer.dropout_rate=0",
-        "model.overrides.text.transformer.dropout_rate=0"]
+        "model.overrides.text.transformer.dropout_rate=0", "model.overrides.video.pos_dropout_rate=0",
+        "model.overrides.audio.pos_dropout_rate=0"]
     # The tiny model's many small operations gain little from a second thread (measured: 0.13 s vs 0.15 s a
     # step on a quiet 2-core machine), but when other processes share the cores, threads waiting at each
     # operation's barrier made a step 5-10x slower. Measure both; take more threads only if clearly faster.

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vatt.distributed import get_rank, get_world_size, is_distributed
+from vatt.model.heads import KerasBatchNorm1d
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,12 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
-class GlobalBatchNorm1d(nn.BatchNorm1d):
+class GlobalBatchNorm1d(KerasBatchNorm1d):
     """BatchNorm1d whose training statistics cover the batch of every rank, on any device (gloo included).
 
-    One all-reduce per call of [Σx, Σx², n]. Equals `nn.BatchNorm1d` on one process and on the
-    concatenated global batch; the running variance uses the unbiased global estimate, as torch does.
+    One all-reduce per call of [Σx, Σx², n]. Equals `KerasBatchNorm1d` on one process and on the
+    concatenated global batch; the moving variance uses the biased global variance, as Keras'
+    SyncBatchNormalization does.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,21 +107,14 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
         if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_((var * n / (n - 1).clamp_min(1)).detach(), momentum)
-        y = (xf - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            y = y * self.weight + self.bias
-        return y.to(x.dtype)
+            self.update_moving_statistics(mean.detach(), var.detach())
+        return self.normalize(xf, mean, var).to(x.dtype)
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm1d by a GlobalBatchNorm1d with the same parameters and buffers (in place)."""
     for name, child in module.named_children():
-        if type(child) is nn.BatchNorm1d:
+        if type(child) in (nn.BatchNorm1d, KerasBatchNorm1d):
             new = GlobalBatchNorm1d(child.num_features, child.eps, child.momentum, child.affine,
                                     child.track_running_stats, device=child.weight.device if child.affine else None)
             new.load_state_dict(child.state_dict())

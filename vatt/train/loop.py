@@ -63,7 +63,7 @@ class PretrainResult:
     last_checkpoint: Path | None
     history: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl records of this call
     eval_history: list[dict[str, Any]] = field(default_factory=list)
-    stopped_early: bool = False  # run.time_limit_minutes ended it before optim.total_steps
+    stopped_early: bool = False  # run.time_limit_minutes ended it before optim.total_steps (or run.stop_at_step)
 
 
 def pretrain(config: PretrainConfig, *, resume: bool = False, callbacks: Iterable[Callback] = (),
@@ -163,12 +163,13 @@ class _Run:
         cfg, state = self.cfg, self.state
         writer = MetricsWriter(self.out, cfg.log.tensorboard, state.step if resume else None) if self.env.is_main else None
         result = PretrainResult(self.out, state.step, state.skipped_steps, ckpt.latest_checkpoint(self.ckpt_root))
-        self._emit("on_start", state.step, cfg.optim.total_steps)
+        end = cfg.run.stop_at_step or cfg.optim.total_steps  # the schedule stays that of optim.total_steps
+        self._emit("on_start", state.step, end)
         window: list[dict[str, float]] = []
         micro_batches = iter(self.data)
         started = time.monotonic()
         try:
-            while state.step < cfg.optim.total_steps:
+            while state.step < end:
                 t0 = time.perf_counter()
                 batches = [next(micro_batches) for _ in range(cfg.optim.grad_accum_steps)]
                 data_seconds = time.perf_counter() - t0
@@ -179,7 +180,7 @@ class _Run:
                 window.append(step_metrics)
                 faults.point("train.step", state.step)
                 self._emit("on_step", state.step, step_metrics)
-                last = state.step == cfg.optim.total_steps
+                last = state.step == end
                 out_of_time = not last and self._out_of_time(started)
                 if state.step % cfg.log.every_steps == 0 or last or out_of_time:
                     record = self._log_record(window)
@@ -356,7 +357,10 @@ class _Run:
         set_optimizer_state_dict(self.raw_model, self.optimizer, saved["optimizer"], options=options)
         self.state = TrainState(**saved["progress"])
         ranks = saved["ranks"]
-        if len(ranks) == self.env.world_size:
+        if not ranks:  # converted from an official checkpoint: no data position or random state of ours
+            log.info("resume: %s was converted from %s; the data are read from the start",
+                     folder, saved.get("converted_from", "another run"))
+        elif len(ranks) == self.env.world_size:
             ckpt.set_rng_state(ranks[self.env.rank]["rng"])
             self.data.set_position(ranks[self.env.rank]["data"])
         elif not self.data.streaming:

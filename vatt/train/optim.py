@@ -3,7 +3,14 @@
 Official recipe (`configs/experiment.py:Pretrain`, `utils/train/schedules.py`): Adam with β = 0.9/0.999,
 ε = 1e-7, no weight decay, no clipping; the rate rises linearly from 0 to 1e-4 over 5000 steps, then
 follows a half cosine from 1e-4 down to 5e-5 at step 500k (`StepCosineLearningRateWithLinearWarmup` with
-levels (1e-4, 5e-5) at steps (5000, 500000)).
+levels (1e-4, 5e-5) at steps (5000, 500000)). The rate of a step is the schedule at the number of steps
+done before it (Keras reads `optimizer.iterations` before incrementing it).
+
+The official Adam is Keras Adam (`ResourceApplyAdam`), which adds ε to the square root of the
+*uncorrected* second moment: w -= lr·√(1-β2^t)/(1-β1^t) · m / (√v + ε). torch's Adam adds ε after the
+bias correction, i.e. acts as Keras with ε·√(1-β2^t) -- 20x smaller than Keras' ε at t=2 with
+β2=0.999, a difference visible in the first steps of a run. `KerasAdam` is the Keras form and the
+default ("adam"); torch's form is the option "torch_adam".
 
 AdamW is the option for weight decay. Its decay here is torch's (θ -= lr·wd·θ); the official `AdamW`
 config (tf-addons) applies wd·θ without the learning-rate factor, so equal `weight_decay` values are
@@ -39,10 +46,52 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
 
 
+class KerasAdam(torch.optim.Optimizer):
+    """Adam as Keras computes it (see the module docstring), without weight decay.
+
+    The state of each parameter has torch Adam's names -- `step` (the Keras `iterations` after this
+    parameter's last update), `exp_avg` (m), `exp_avg_sq` (v) -- so that the Keras slots of an official
+    checkpoint convert one to one (`vatt.checkpoint.optimizer_state`).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-7):
+        if lr < 0 or eps < 0 or not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"invalid Adam settings: lr={lr}, betas={betas}, eps={eps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = float(state["step"])
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                g = p.grad
+                m.lerp_(g, 1.0 - beta1)  # m += (g - m)(1 - β1), as the Keras kernel writes it
+                v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+                step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+                p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
+        return loss
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
     kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     if cfg.optimizer == "adam":
+        return KerasAdam(groups, **kwargs)
+    if cfg.optimizer == "torch_adam":
         return torch.optim.Adam(groups, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
 
