@@ -185,6 +185,11 @@ class PretrainConfig:
         for name in ("scale_jitter_prob", "flip_prob", "color_prob"):
             if not 0.0 <= getattr(self.data, name) <= 1.0:
                 raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(self.data, name)}")
+        if self.optim.warmup_steps and self.optim.warmup_steps >= self.optim.total_steps:
+            raise ConfigError(f"optim.warmup_steps={self.optim.warmup_steps} is not below optim.total_steps="
+                              f"{self.optim.total_steps}: the run would end inside the warm-up, never at the peak "
+                              f"rate; lower optim.warmup_steps (e.g. to {max(self.optim.total_steps // 10, 0)}) or "
+                              f"set it to 0")
         if self.optim.weight_decay > 0 and self.optim.optimizer == "adam":
             raise ConfigError("optim.weight_decay needs optim.optimizer=adamw (Adam's coupled L2 decay is not offered)")
 
