@@ -400,8 +400,9 @@ class _FileWindows(torch.utils.data.Dataset):
             if want_audio and not want_video and not info.has_audio:
                 raise MediaError(path, "no_audio_stream", f"{info.format_name} file without an audio stream")
             want_audio = want_audio and info.has_audio  # with video, audio is added where there is some
-        # Windows hold all the modalities embedded: the audio that starts with the frames must fit too.
-        clip_s = max(spec.video_seconds if want_video else 0.0, spec.audio_seconds if want_audio else 0.0)
+        # A window of a video holds its frames and the audio that starts with them (as in pre-training), so
+        # both fit in the file, and the frames of a window do not depend on whether its audio is embedded.
+        clip_s = max(spec.video_seconds or 0.0, spec.audio_seconds or 0.0) if want_video else spec.audio_seconds
         mode = "center" if self.num_windows == 1 else "linspace"
         starts = decoding.sample_start(info.duration_s or 0.0, clip_s, mode=mode, num_windows=self.num_windows)
         videos, audios, masks = [], [], []

@@ -187,9 +187,8 @@ class PretrainConfig:
                 raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(self.data, name)}")
         if self.optim.warmup_steps and self.optim.warmup_steps >= self.optim.total_steps:
             raise ConfigError(f"optim.warmup_steps={self.optim.warmup_steps} is not below optim.total_steps="
-                              f"{self.optim.total_steps}: the run would end inside the warm-up, never at the peak "
-                              f"rate; lower optim.warmup_steps (e.g. to {max(self.optim.total_steps // 10, 0)}) or "
-                              f"set it to 0")
+                              f"{self.optim.total_steps}: the run would end inside the warm-up, never reaching the "
+                              f"peak rate; lower optim.warmup_steps below optim.total_steps (0 = no warm-up)")
         if self.optim.weight_decay > 0 and self.optim.optimizer == "adam":
             raise ConfigError("optim.weight_decay needs optim.optimizer=adamw (Adam's coupled L2 decay is not offered)")
 
