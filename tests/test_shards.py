@@ -209,7 +209,8 @@ def test_shards_carry_a_vocabulary_that_pretraining_reads(tmp_path, sample_dir, 
     assert beside.word_to_id == WordTokenizer.build(captions).word_to_id
     assert sorted(iter_captions(str(out))) == sorted(captions)  # the shards' own captions
     # `vatt vocab` builds the same from the manifest (rows selected) or from the shards
-    assert main(["vocab", str(sample_dir / "manifest.csv"), "--where", "split=train", "--out", str(tmp_path / "m.txt")]) == 0
+    assert main(["vocab", str(sample_dir / "manifest.csv"), "--where", "split=train",
+                 "--out", str(tmp_path / "m.txt")]) == 0
     assert main(["vocab", str(out), "--max-size", "8", "--out", str(tmp_path / "s.txt")]) == 0
     assert "wrote" in capsys.readouterr().out
     assert WordTokenizer.from_vocab_file(tmp_path / "m.txt").word_to_id == beside.word_to_id

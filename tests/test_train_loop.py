@@ -121,7 +121,8 @@ def test_clips_without_text_or_audio_are_masked_not_dropped(tmp_path):
 
 
 def test_accumulation_checkpointing_adamw_and_clipping(tmp_path):
-    cfg = tiny_config(tmp_path, "optim.total_steps=2", "optim.warmup_steps=1", "optim.grad_accum_steps=2", "model.grad_checkpointing=true",
+    cfg = tiny_config(tmp_path, "optim.total_steps=2", "optim.warmup_steps=1", "optim.grad_accum_steps=2",
+                      "model.grad_checkpointing=true",
                       "optim.optimizer=adamw", "optim.weight_decay=0.05", "optim.grad_clip_norm=0.5")
     result = pretrain(cfg, train_dataset=SynthClips(16), collate_fn=collate)
     assert result.step == 2 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in result.history)

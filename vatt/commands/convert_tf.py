@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--official-config", help="a JSON of the official resolved config (as in the parity folders)")
     p.add_argument("--num-classes", type=int, help="classifier presets: number of classes of the checkpoint")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--vocab", help="the word vocabulary the checkpoint was trained with (official: howto100m_en.txt), "
+                                   "saved in the folder as vocab.txt so that it can embed captions")
     p.add_argument("--allow-missing", action="store_true",
                    help="write the model even if some parameters have no source (e.g. a new classifier head "
                         "when converting a pre-training checkpoint into a classifier)")
@@ -56,6 +58,14 @@ def run(args: argparse.Namespace) -> int:
             print("refusing to write an incomplete model; check --preset, or pass --allow-missing")
             return 1
     load_state(model, state)
-    out = save(model, args.out, cfg)
-    print(f"wrote {out}/model.safetensors and {out}/config.json ({len(state)} tensors)")
+    tokenizer = None
+    if args.vocab:
+        from vatt.data.text import WordTokenizer
+        tokenizer = WordTokenizer.from_vocab_file(args.vocab)
+    out = save(model, args.out, cfg, tokenizer=tokenizer)
+    print(f"wrote {out}/model.safetensors and {out}/config.json" + (" and vocab.txt" if tokenizer else "")
+          + f" ({len(state)} tensors)")
+    if tokenizer is None and getattr(cfg, "kind", None) in ("tx_fac", "ut_fac"):
+        print("note: no --vocab, so the folder has no vocab.txt; to embed captions, convert again with "
+              "--vocab misc/howto100m_en.txt (the official vocabulary), or pass --vocab to the commands that use it")
     return 0

@@ -195,8 +195,8 @@ def measure_step_seconds(settings: list[str], dataset: Dataset, steps: int = 6) 
     from vatt.train.loop import pretrain
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(None, settings + [f"run.output_dir={tmp}", f"optim.total_steps={steps}", "optim.warmup_steps=1",
-                                            "log.every_steps=1",
+        cfg = load_config(None, settings + [f"run.output_dir={tmp}", f"optim.total_steps={steps}",
+                                            "optim.warmup_steps=1", "log.every_steps=1",
                                             "checkpoint.enabled=false", "run.time_limit_minutes=0"])
         history = pretrain(cfg, train_dataset=dataset).history
     return float(np.median([cfg.data.batch_size / r["clips_per_s"] for r in history[1:]]))

@@ -143,7 +143,7 @@ class _Run:
         self.tokenizer = None  # known when the run reads captions itself (saved with each checkpoint)
         if train_dataset is None:
             if not cfg.data.train:
-                raise ValueError("data.train is empty: name a manifest or shards (or pass train_dataset=)")
+                raise ValueError("data.train is empty: name a manifest or a folder of shards in data.train")
             from vatt.train.data import build_dataset, build_tokenizer
             self.tokenizer = build_tokenizer(cfg.data, self.model_config, self.out) if env.is_main else None
             barrier()  # rank 0 may have just written vocab.txt
@@ -155,7 +155,8 @@ class _Run:
         self.collate_fn = collate_fn = collate_fn or collate
         self.heldout = heldout_dataset
         if cfg.eval.every_steps and self.heldout is None:
-            raise ValueError("eval.every_steps is set but there is no held-out data (data.heldout or heldout_dataset=)")
+            raise ValueError("eval.every_steps is set but there is no held-out data: name a manifest in data.heldout, "
+                             "or set eval.every_steps=0")
         self.data = MicroBatches(train_dataset, collate_fn, cfg.data.batch_size, env.world_size, env.rank,
                                  cfg.optim.grad_accum_steps, cfg.run.seed, cfg.data.num_workers,
                                  pin_memory=env.device.type == "cuda")
