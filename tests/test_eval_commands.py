@@ -283,4 +283,4 @@ def test_long_steps_print_plain_progress_lines_when_not_on_a_terminal(tiny_dir, 
     assert main(["eval", "retrieval", str(tiny_dir), str(sample / "manifest.csv"), "--where", "split=test",
                  "--windows", "1", "--workers", "0", "--out", str(tmp_path / "r.json")]) == 0
     err = capsys.readouterr().err  # pytest's capture is not a terminal
-    assert "embedding clips: 4/4 clips (100%)" in err and "\r" not in err
+    assert "embedding clips: 4/4 files (100%)" in err and "\r" not in err
