@@ -91,9 +91,13 @@ def test_file_windows_are_the_official_ones(tiny, sample):
     four = embed_files(tiny, paths, num_windows=4)
     spec = one.spec
     duration = decoding.probe(paths[0]).duration_s
-    # one window: the middle one; four: linearly spaced from 0 to the end
-    assert one.start_s[0, 0].item() == pytest.approx((duration - spec.video_seconds) / 2)
-    np.testing.assert_allclose(four.start_s[0].numpy(), np.linspace(0, duration - spec.video_seconds, 4))
+    # one window: the middle one; four: linearly spaced from 0 to the end. A window holds the frames and the
+    # audio that starts with them (tiny: 0.8 s and 3.2 s), so both end inside the file.
+    window = max(spec.video_seconds, spec.audio_seconds)
+    assert one.start_s[0, 0].item() == pytest.approx((duration - window) / 2)
+    np.testing.assert_allclose(four.start_s[0].numpy(), np.linspace(0, duration - window, 4))
+    arrays = embedding_arrays(four)
+    assert np.nanmax(arrays["audio_end_s"]) <= duration + 1e-6 and np.nanmax(arrays["video_end_s"]) <= duration
     assert four.video.features.shape == (2, 4, 64) and four.video.vt.shape == (2, 4, 256)
     assert four.audio.va.shape == (2, 4, 512) and bool(four.has_audio.all()) and bool(four.has_video.all())
     # a window's embedding is the model's output on that decoded, centre-cropped window

@@ -136,7 +136,7 @@ def test_cli_retrieval_on_the_sample_dataset(tiny_dir, sample, tmp_path, capsys)
     assert main(["eval", "retrieval", str(tiny_dir), str(sample / "manifest.csv"), "--where", "split=test",
                  "--workers", "0", "--out", str(out), "--save-embeddings", str(tmp_path / "emb.npz")]) == 0
     printed = capsys.readouterr().out
-    assert "4 window(s) per clip (linspace)" in printed and "8 frames at 12.5 fps" in printed
+    assert "4 window(s) per clip (linspace)" in printed and "8 frames at 10 fps" in printed
     record = json.loads(out.read_text())
     protocol = record["protocol"]
     assert protocol["num_windows"] == 4 and protocol["num_clips"] == 4 and protocol["where"] == {"split": ["test"]}
@@ -277,3 +277,73 @@ def test_cli_visualize_features_and_similarity(tiny_dir, sample, tmp_path, capsy
     assert record["space"] == "vt" and record["num_classes"] == len({r["motion"] for r in csv.DictReader(
         open(sample / "manifest.csv", newline=""))})
     assert main(["visualize", "similarity", "--embeddings", str(tmp_path / "e.npz"), "--out", str(tmp_path / "h")]) == 0
+
+
+# ------------------------------------------------------------------------------------------------------
+# What a newcomer meets on the command line
+# ------------------------------------------------------------------------------------------------------
+def test_every_command_samples_at_the_same_frame_rate_by_default():
+    # embed and visualize sampled at 10 fps, eval at 12.5: one model, one set of clips, different numbers.
+    from vatt.cli import build_parser
+    from vatt.embed import DEFAULT_FPS, clip_spec
+
+    parser = build_parser()
+    commands = [["embed", "m", "--out", "x.npz"], ["eval", "retrieval", "m", "c.csv"],
+                ["eval", "linear-probe", "m", "c.csv", "--split-column", "split"],
+                ["visualize", "features", "m", "c.csv"], ["visualize", "similarity", "m", "c.csv"]]
+    fps = {" ".join(argv[:2]): parser.parse_args(argv).fps for argv in commands}
+    assert set(fps.values()) == {None}, fps  # None: the model's input spec decides
+    assert clip_spec(vatt.get_preset("tx_fac_tiny")).fps == DEFAULT_FPS == 10.0
+
+
+def test_linear_probe_finds_the_path_column(tiny_dir, sample, tmp_path, capsys):
+    # linear-probe required --path-column where every other command finds the `video` column itself.
+    out = tmp_path / "probe.json"
+    assert main(["eval", "linear-probe", str(tiny_dir), str(sample / "manifest.csv"), "--label-column", "colour",
+                 "--split-column", "split", "--classifier", "logistic", "--workers", "0", "--windows", "2",
+                 "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["protocol"]["num_classes"] == 4 and record["protocol"]["input"]["fps"] == 10.0
+
+
+def test_a_model_without_vocabulary_gets_a_command_line_answer(tmp_path, sample, capsys):
+    folder = tmp_path / "novocab"
+    vatt.save(vatt.build_model("tx_fac_tiny"), folder)
+    code = main(["embed", str(folder), str(sample / "manifest.csv"), "--where", "split=test", "--workers", "0",
+                 "--out", str(tmp_path / "e.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--vocab" in err and "vocab.txt" in err
+    assert "tokenizer=" not in err and "WordTokenizer" not in err  # no Python in a CLI message
+
+
+def test_embed_help_names_its_modality_choices_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    text = capsys.readouterr().out
+    assert "{auto,video,audio,video+audio}" in text and "video,audio,video,audio" not in text
+
+
+def test_long_steps_print_plain_progress_lines_when_not_on_a_terminal(tiny_dir, sample, tmp_path, capsys):
+    # With output to a file, eval printed nothing until it finished (tqdm bars are off without a terminal).
+    from vatt.train.progress import PlainProgress
+
+    lines = []
+
+    class Sink:
+        def write(self, text):
+            lines.append(text)
+
+        def flush(self):
+            pass
+
+    bar = PlainProgress("embedding clips", total=4, unit="clip", interval=0.0, file=Sink())
+    for n in range(1, 5):
+        bar.update_to(n)
+    bar.close()
+    text = "".join(lines)
+    assert text.count("embedding clips: ") == 5 and "1/4 clips (25%)" in text and "ETA" in text
+    assert "\r" not in text
+    assert main(["eval", "retrieval", str(tiny_dir), str(sample / "manifest.csv"), "--where", "split=test",
+                 "--windows", "1", "--workers", "0", "--out", str(tmp_path / "r.json")]) == 0
+    err = capsys.readouterr().err  # pytest's capture is not a terminal
+    assert "embedding clips: 4/4 files (100%)" in err and "\r" not in err

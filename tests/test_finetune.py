@@ -308,7 +308,8 @@ def test_multilabel_audio_with_mixup_reports_map(tmp_path):
     # Untrained (same data, seeds 0-2): mAP 0.52 / 0.56 / 0.66, AUC 0.44 / 0.45 / 0.65. Trained: 0.88 / 0.86.
     assert result.final.metrics["mAP"] > 0.8 and result.final.metrics["AUC"] > 0.8
     with pytest.raises(ConfigError, match="sigmoid"):
-        finetune(_config(tmp_path / "x", "optim.total_steps=1"), train_dataset=SynthTones(multi_label=True),
+        finetune(_config(tmp_path / "x", "optim.total_steps=1", "optim.warmup_steps=0"),
+                 train_dataset=SynthTones(multi_label=True),
                  val_dataset=None)
 
 
@@ -368,8 +369,8 @@ def test_cli_finetune_and_evaluate_end_to_end(tmp_path, capsys):
     write_sample_dataset(tmp_path / "data", num_clips=10, seed=5)
     common = ["--config", str(ROOT / "configs" / "finetune_sample_tiny.yaml"),
               "--set", f"data.train={tmp_path / 'data' / 'manifest.csv'}", "--set", f"run.output_dir={tmp_path / 'run'}",
-              "--set", "optim.total_steps=3", "--set", "data.batch_size=4", "--set", "data.num_workers=0",
-              "--set", "data.num_windows_test=2"]
+              "--set", "optim.total_steps=3", "--set", "optim.warmup_steps=1", "--set", "data.batch_size=4",
+              "--set", "data.num_workers=0", "--set", "data.num_windows_test=2"]
     assert main(["finetune", *common]) == 0
     out = capsys.readouterr().out
     assert "final validation: 2 clips x 6 views" in out and "top1" in out
@@ -398,3 +399,25 @@ def test_audioset_config_takes_every_other_48k_sample(tmp_path):
     full = ClassificationDataset([LabeledItem(str(wav), 0)], ["tone"], modality="audio", train=False, num_windows=1,
                                  audio_samples=16000, sample_rate=48000)
     torch.testing.assert_close(data[0]["audio"][0], full[0]["audio"][0][::2], rtol=0, atol=0)
+
+
+def test_resume_records_where_the_weights_started_even_when_the_source_is_gone(tmp_path, capsys):
+    # After --resume, results.json said "random initialisation" for a run that started from a pre-trained
+    # model, and naming the original model.init_from failed once that folder had been pruned.
+    import shutil
+
+    source = tmp_path / "pretrained"
+    torch.manual_seed(3)
+    vatt.save(vatt.build_model("tx_fac_tiny"), source)
+    extra = [f"model.init_from={source}", "optim.total_steps=4", "optim.warmup_steps=1", "checkpoint.every_steps=2",
+             "eval.every_steps=0"]
+    first = finetune(_config(tmp_path / "run", *extra), train_dataset=SynthTones(), val_dataset=None)
+    assert "tx_fac" in first.init and str(source) in first.init
+    shutil.rmtree(first.last_checkpoint)  # resume from step 2
+    shutil.rmtree(source)
+    extra_more = [e if not e.startswith("optim.total_steps") else "optim.total_steps=6" for e in extra]
+    resumed = finetune(_config(tmp_path / "run", *extra_more), resume=True, train_dataset=SynthTones(),
+                       val_dataset=None)
+    assert resumed.step == 6 and resumed.init == first.init
+    with pytest.raises(ValueError, match="not empty"):  # a new run into the same folder is refused
+        finetune(_config(tmp_path / "run", *extra_more[1:]), train_dataset=SynthTones(), val_dataset=None)

@@ -108,3 +108,19 @@ def test_official_config_matches_presets_in_structure(parity):
     assert cfg.text.max_relative_distance == bbs.text.max_relative_distance == 64
     assert cfg.head.bn_momentum == pytest.approx(bbs.head.bn_momentum)
     assert cfg.head.bn_eps == bbs.head.bn_eps
+
+
+def test_converted_pretraining_model_carries_its_vocabulary(parity, tmp_path, capsys):
+    # A converted tx_fac folder had no vocab.txt, so the text commands could not use it.
+    from vatt.data.text import WordTokenizer
+
+    vocab = tmp_path / "howto100m_en.txt"
+    WordTokenizer.build(["a dog catches a frisbee", "a man cooks"]).save(vocab)
+    out = tmp_path / "converted"
+    assert cli(["convert-tf", str(parity / "tx_fac" / "ckpt" / "ckpt-1"), "--official-config",
+                str(parity / "tx_fac" / "config.json"), "--out", str(out), "--vocab", str(vocab)]) == 0
+    assert (out / "vocab.txt").read_text() == vocab.read_text()
+    assert vatt.load(out).embed_text(["a dog"]).vt.shape[0] == 1
+    assert cli(["convert-tf", str(parity / "tx_fac" / "ckpt" / "ckpt-1"), "--official-config",
+                str(parity / "tx_fac" / "config.json"), "--out", str(tmp_path / "bare")]) == 0
+    assert "--vocab" in capsys.readouterr().out  # says how to get one

@@ -217,3 +217,34 @@ def test_command(tmp_path, sample_dir, capsys):
     assert "wrote 8 samples" in out and "2 shards" in out
     assert sum(1 for _ in iter_tar_samples(os.fspath(tmp_path / "out" / "shard-000000.tar"))) == 4
     assert main(["shard", str(tmp_path / "nope.csv"), str(tmp_path / "o")]) == 1
+
+
+def test_shards_carry_a_vocabulary_that_pretraining_reads(tmp_path, sample_dir, capsys):
+    # Training from shards stopped with "data.vocab is required with shards" and nothing built one.
+    from vatt.train.config import load_config
+    from vatt.train.data import build_tokenizer, iter_captions
+    from vatt.train.loop import pretrain
+
+    out = tmp_path / "shards"
+    write_shards(sample_dir / "manifest.csv", out, max_count=4, where={"split": "train"})
+    beside = WordTokenizer.from_vocab_file(out / "vocab.txt")
+    captions = [r["caption"] for r in _rows(sample_dir / "manifest.csv") if r["split"] == "train"]
+    assert beside.word_to_id == WordTokenizer.build(captions).word_to_id
+    assert sorted(iter_captions(str(out))) == sorted(captions)  # the shards' own captions
+    # `vatt vocab` builds the same from the manifest (rows selected) or from the shards
+    assert main(["vocab", str(sample_dir / "manifest.csv"), "--where", "split=train",
+                 "--out", str(tmp_path / "m.txt")]) == 0
+    assert main(["vocab", str(out), "--max-size", "8", "--out", str(tmp_path / "s.txt")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert WordTokenizer.from_vocab_file(tmp_path / "m.txt").word_to_id == beside.word_to_id
+    small = WordTokenizer.from_vocab_file(tmp_path / "s.txt")
+    assert small.vocab_size == 8 and all(beside.word_to_id[w] == i for w, i in small.word_to_id.items())
+    # no data.vocab: the file beside the shards, cut to the model's vocabulary (most frequent first)
+    cfg = load_config(None, [f"data.train={out}", f"run.output_dir={tmp_path / 'run'}", "data.batch_size=4",
+                             "data.num_workers=0", "data.max_context_sentences=0", "optim.total_steps=1",
+                             "optim.warmup_steps=0", "log.tensorboard=false", "run.precision=fp32",
+                             "model.overrides.text.vocab_size=10"])
+    tokenizer = build_tokenizer(cfg.data, cfg.model.build_config(), tmp_path / "tok")
+    assert tokenizer.vocab_size == 10 and all(beside.word_to_id[w] == i for w, i in tokenizer.word_to_id.items())
+    result = pretrain(cfg)
+    assert result.step == 1 and (result.last_checkpoint / "vocab.txt").is_file()

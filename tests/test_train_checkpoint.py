@@ -76,3 +76,30 @@ def test_rng_state_round_trip(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(()).item())
     ckpt.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
+
+
+def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path):
+    # An earlier run left higher step numbers behind; keep-last-2 by step number alone pruned the new one.
+    model = vatt.build_model("tx_fac_tiny")
+    for step in (100, 150):
+        _save(tmp_path, step, keep_last=2, model=model)
+    written = _save(tmp_path, 3, keep_last=2, model=model)
+    assert written.is_dir() and (written / "model.safetensors").is_file()
+    assert len(ckpt.list_checkpoints(tmp_path)) == 2
+
+
+def test_a_new_run_refuses_a_folder_holding_an_earlier_one(tmp_path):
+    out = tmp_path / "run"
+    ckpt.prepare_output_dir(out, resume=False, overwrite=False)  # missing: fine
+    out.mkdir()
+    ckpt.prepare_output_dir(out, resume=False, overwrite=False)  # empty: fine
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    _save(out / "checkpoints", 100)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ckpt.OutputDirNotEmpty, match="not empty"):
+        ckpt.prepare_output_dir(out, resume=False, overwrite=False)
+    ckpt.prepare_output_dir(out, resume=True, overwrite=False)  # resuming continues in place
+    assert (out / "metrics.jsonl").is_file()
+    ckpt.prepare_output_dir(out, resume=False, overwrite=True)
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # only what a run writes is deleted

@@ -100,3 +100,52 @@ def test_cli_print_config(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("pretrain*.yaml")))
 def test_shipped_configs_load(name):
     load_config(ROOT / "configs" / name)
+
+
+def test_a_mapping_field_given_as_key_equals_value_is_a_config_error(capsys):
+    # `--set data.train_where=split=train` was accepted and failed later in the data loader with a traceback.
+    from vatt.cli import main
+    from vatt.finetune.config import load_config as load_finetune_config
+
+    with pytest.raises(ConfigError, match=r"data\.train_where.*mapping.*\{split: train\}"):
+        load_config(None, ["data.train_where=split=train"])
+    with pytest.raises(ConfigError, match=r"data\.val_where.*mapping"):
+        load_finetune_config(None, ["data.val_where=split=test"])
+    assert main(["pretrain", "--set", "data.train_where=split=train", "--print-config"]) == 2
+    assert "data.train_where" in capsys.readouterr().err
+    assert load_config(None, ["data.train_where={split: train}"]).data.train_where == {"split": "train"}
+
+
+def test_warmup_must_end_before_the_run(capsys):
+    from vatt.cli import main
+    from vatt.finetune.config import load_config as load_finetune_config
+
+    with pytest.raises(ConfigError, match=r"optim\.warmup_steps=5000 is not below optim\.total_steps=100"):
+        load_config(None, ["optim.total_steps=100"])
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        load_finetune_config(None, ["optim.total_steps=2500"])
+    assert load_config(None, ["optim.total_steps=100", "optim.warmup_steps=0"]).optim.warmup_steps == 0
+    assert main(["pretrain", "--set", "optim.total_steps=10", "--print-config"]) == 2
+    assert "optim.warmup_steps" in capsys.readouterr().err
+
+
+def test_sample_config_names_its_deviations_and_its_windows_keep_their_audio(tmp_path):
+    # The sample config barely learned and its audio side collapsed: dropout on, and windows placed by the
+    # frames' 0.8 s alone ran the 3.2 s of audio past the end of the 4 s clips (audio_mask 0: no audio loss).
+    from vatt.data.sample_data import write_sample_dataset
+    from vatt.train.data import build_dataset, build_tokenizer
+
+    cfg = load_config(ROOT / "configs" / "pretrain_tiny_sample.yaml")
+    text = (ROOT / "configs" / "pretrain_tiny_sample.yaml").read_text()
+    model_config = cfg.model.build_config()
+    assert model_config.video.transformer.dropout_rate == 0.0 and model_config.audio.transformer.dropout_rate == 0.0
+    assert model_config.text.transformer.dropout_rate == 0.0
+    assert cfg.data.flip_prob == 0.0 and cfg.data.color_prob == 0.0
+    assert "dropout" in text and "deviation" in text  # named in the config, with the reason
+    manifest = write_sample_dataset(tmp_path / "sample", num_clips=10, seed=0)
+    cfg.data.train = cfg.data.heldout = str(manifest)
+    tokenizer = build_tokenizer(cfg.data, model_config, tmp_path / "run")
+    heldout = build_dataset(cfg.data, model_config, tokenizer, "heldout", 0)
+    train = build_dataset(cfg.data, model_config, tokenizer, "train", 0)
+    assert all(float(heldout[(0, i)]["audio_mask"]) == 1.0 for i in range(len(heldout)))
+    assert all(float(train[(e, i)]["audio_mask"]) == 1.0 for e in range(2) for i in range(len(train)))

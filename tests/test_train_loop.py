@@ -122,7 +122,8 @@ def test_clips_without_text_or_audio_are_masked_not_dropped(tmp_path):
 
 
 def test_accumulation_checkpointing_adamw_and_clipping(tmp_path):
-    cfg = tiny_config(tmp_path, "optim.total_steps=2", "optim.grad_accum_steps=2", "model.grad_checkpointing=true",
+    cfg = tiny_config(tmp_path, "optim.total_steps=2", "optim.warmup_steps=1", "optim.grad_accum_steps=2",
+                      "model.grad_checkpointing=true",
                       "optim.optimizer=adamw", "optim.weight_decay=0.05", "optim.grad_clip_norm=0.5")
     result = pretrain(cfg, train_dataset=SynthClips(16), collate_fn=collate)
     assert result.step == 2 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in result.history)
@@ -149,7 +150,8 @@ def test_nan_batch_is_skipped_and_counted(tmp_path, caplog):
 
 def test_too_many_bad_steps_stop_with_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
-    pretrain(tiny_config(out, "optim.total_steps=2", "checkpoint.every_steps=2"), train_dataset=SynthClips(16),
+    pretrain(tiny_config(out, "optim.total_steps=2", "optim.warmup_steps=1", "checkpoint.every_steps=2"),
+             train_dataset=SynthClips(16),
              collate_fn=collate)
     good = ckpt.latest_checkpoint(out / "checkpoints")
     before = ckpt.load_weights(good)
@@ -234,3 +236,47 @@ def _worker_main() -> None:
 
 if __name__ == "__main__":
     _worker_main()
+
+
+def test_new_run_refuses_an_earlier_runs_folder_and_overwrite_starts_over(tmp_path, caplog):
+    from vatt.data.text import WordTokenizer
+
+    caplog.set_level(logging.INFO, logger="vatt.train")
+    out = tmp_path / "run"
+    tokenizer = WordTokenizer.build(["a red circle", "a blue square"], max_size=16)
+    first = pretrain(tiny_config(out, "optim.total_steps=4", "checkpoint.every_steps=2", "eval.every_steps=2",
+                                 "eval.max_clips=8"),
+                     train_dataset=SynthClips(16), heldout_dataset=SynthClips(8), collate_fn=collate,
+                     tokenizer=tokenizer)
+    # the periodic held-out check is on the console (through logging), not only in eval.jsonl
+    assert sum("held-out retrieval" in m and "text→video R@1" in m and "chance" in m for m in caplog.messages) == 2
+    # the tokenizer of the captions goes into every checkpoint: the model folder can embed text
+    import vatt
+    model = vatt.load(first.last_checkpoint)
+    assert model.tokenizer is not None and model.tokenizer.word_to_id == tokenizer.word_to_id
+    with pytest.raises(ckpt.OutputDirNotEmpty, match="not empty"):
+        pretrain(tiny_config(out, "optim.total_steps=3"), train_dataset=SynthClips(16), collate_fn=collate)
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step_00000002", "step_00000004"]
+    second = pretrain(tiny_config(out, "optim.total_steps=3", "checkpoint.every_steps=0"), overwrite=True,
+                      train_dataset=SynthClips(16), collate_fn=collate)
+    assert second.last_checkpoint.is_dir()  # not pruned in favour of the earlier run's higher steps
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step_00000003"]
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3] and read_metrics(out, "eval") == []
+
+
+def test_ddp_wrapping_prints_no_deprecation_warning(tmp_path):
+    # Under torchrun every rank printed torch's FutureWarning about `broadcast_buffers`.
+    import warnings
+
+    import torch.distributed as dist
+
+    from vatt.train.distributed import DistEnv, wrap_model
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        env = DistEnv(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))  # wrap as for 2 ranks
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            wrapped = wrap_model(torch.nn.Linear(3, 2), "ddp", env)
+        assert isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+    finally:
+        dist.destroy_process_group()

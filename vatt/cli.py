@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-vocab": ("vatt.commands.convert_vocab", "convert the official vocabulary / word2vec files to safetensors"),
     "sample-data": ("vatt.commands.sample_data", "write a deterministic sample dataset of real encoded media"),
     "shard": ("vatt.commands.shard", "pack a manifest into WebDataset tar shards"),
+    "vocab": ("vatt.commands.vocab", "build a word vocabulary (vocab.txt) from the captions of a manifest or shards"),
     "pretrain": ("vatt.commands.pretrain", "self-supervised pre-training from a YAML config"),
     "finetune": ("vatt.commands.finetune", "fine-tune a video, audio or image classifier"),
     "embed": ("vatt.commands.embed", "write embeddings of video, audio or text files"),
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("VATT_DEBUG"):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if type(e).__name__ == "MissingVocabulary":  # vatt.embed's; its message speaks to Python users
+            msg = ("the model folder has no vocab.txt, so its captions cannot be tokenized: pass --vocab FILE (the "
+                   "vocabulary it was trained with; `vatt vocab MANIFEST --out vocab.txt` builds one from captions)")
         print(f"vatt {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

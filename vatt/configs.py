@@ -394,4 +394,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise TypeError(f"{where}: expected a string, got {value!r}")
+    if origin is dict and not isinstance(value, dict):
+        raise TypeError(f"{where}: expected a mapping in YAML flow style, e.g. {where}={{split: train}} "
+                        f"(quoted in a shell), got {value!r}")
     return value

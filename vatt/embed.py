@@ -61,9 +61,16 @@ MODALITIES = ("video", "audio", "text")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
 PATH_COLUMNS = ("video", "path", "filename", "file", "audio", "filepath")
 CAPTION_COLUMNS = ("captions", "caption", "text")
-DEFAULT_FPS = 10.0  # official pre-training frame rate (`REF_FPS`)
+# The frame rate every command samples at unless told otherwise: the official pre-training rate (`REF_FPS`),
+# the rate the models were trained at. (The official evaluation loaders take every 2nd frame of 25 fps
+# sources, 12.5 fps; pass fps=12.5 for that.)
+DEFAULT_FPS = 10.0
 
 Progress = Callable[[int, int], None]  # (done, total)
+
+
+class MissingVocabulary(ValueError):
+    """Captions were given to a model that has no word tokenizer (its folder has no vocab.txt)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -104,8 +111,9 @@ def _audio_sizes(cfg) -> tuple[int, int]:
     return int(round(3.2 * cfg.sample_rate)), cfg.sample_rate
 
 
-def clip_spec(model_or_config: Any, fps: float = DEFAULT_FPS) -> ClipSpec:
-    """The input sizes a model (or model config) was made for: its positional tables' extent."""
+def clip_spec(model_or_config: Any, fps: float | None = None) -> ClipSpec:
+    """The input sizes a model (or model config) was made for: its positional tables' extent, sampled at
+    `fps` (None: `DEFAULT_FPS`). The one place that says what a window of a file becomes."""
     cfg = getattr(model_or_config, "config", model_or_config)
     kind = getattr(cfg, "kind", None)
     frames = size = samples = rate = None
@@ -120,6 +128,7 @@ def clip_spec(model_or_config: Any, fps: float = DEFAULT_FPS) -> ClipSpec:
             samples, rate = _audio_sizes(cfg.audio)
     else:
         raise TypeError(f"no input sizes for a {type(cfg).__name__} (expected a VATT model or its config)")
+    fps = DEFAULT_FPS if fps is None else fps
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     return ClipSpec(num_frames=frames, size=size, fps=float(fps), audio_samples=samples, sample_rate=rate)
@@ -279,7 +288,7 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
-def embed_video(model: nn.Module, videos, *, num_windows: int = 1, fps: float = DEFAULT_FPS, batch_size: int = 8,
+def embed_video(model: nn.Module, videos, *, num_windows: int = 1, fps: float | None = None, batch_size: int = 8,
                 precision: str = "fp32", num_workers: int = 0, skip_bad: bool = False,
                 progress: Progress | None = None) -> Embeddings:
     """Embed videos: a tensor `[B, T, H, W, 3]` in [-1, 1] (used as is) or a list of file paths.
@@ -325,8 +334,9 @@ def embed_text(model: nn.Module, captions: Sequence[str] | torch.Tensor, *, toke
         raise TypeError("embed_text takes a list of captions, not one string")
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
-        raise ValueError("no word tokenizer: this model folder has no vocab.txt; pass "
-                         "tokenizer=vatt.data.text.WordTokenizer.from_vocab_file(<the vocabulary it was trained with>)")
+        raise MissingVocabulary("no word tokenizer: this model folder has no vocab.txt; pass "
+                                "tokenizer=vatt.data.text.WordTokenizer.from_vocab_file(<the vocabulary it was trained "
+                                "with>)")
     captions = list(captions)
     ids = tokenizer.encode(captions)
     out = _embed_tensor(model, "text", ids, batch_size, precision, progress)
@@ -395,7 +405,9 @@ class _FileWindows(torch.utils.data.Dataset):
             if want_audio and not want_video and not info.has_audio:
                 raise MediaError(path, "no_audio_stream", f"{info.format_name} file without an audio stream")
             want_audio = want_audio and info.has_audio  # with video, audio is added where there is some
-        clip_s = spec.video_seconds if want_video else spec.audio_seconds
+        # A window of a video holds its frames and the audio that starts with them (as in pre-training), so
+        # both fit in the file, and the frames of a window do not depend on whether its audio is embedded.
+        clip_s = max(spec.video_seconds or 0.0, spec.audio_seconds or 0.0) if want_video else spec.audio_seconds
         mode = "center" if self.num_windows == 1 else "linspace"
         starts = decoding.sample_start(info.duration_s or 0.0, clip_s, mode=mode, num_windows=self.num_windows)
         videos, audios, masks = [], [], []
@@ -451,7 +463,7 @@ class _Batcher:
 
 
 def embed_files(model: nn.Module, paths: Sequence[str | os.PathLike], *, modalities: Sequence[str] | None = None,
-                num_windows: int = 1, fps: float = DEFAULT_FPS, batch_size: int = 8, precision: str = "fp32",
+                num_windows: int = 1, fps: float | None = None, batch_size: int = 8, precision: str = "fp32",
                 num_workers: int = 0, skip_bad: bool = False, progress: Progress | None = None,
                 entries: Sequence["MediaEntry"] | None = None) -> FileEmbeddings:
     """Embed the video and/or audio of media files, `num_windows` windows per file (see module doc).

@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pre-training checkpoints: also convert the Adam state and step counter, and write a training "
                         "checkpoint OUT/checkpoints/step_<iter>/ that `vatt pretrain --resume` (run.output_dir=OUT) "
                         "continues")
+    p.add_argument("--vocab", help="the word vocabulary the checkpoint was trained with (official: howto100m_en.txt), "
+                                   "saved in the folder as vocab.txt so that it can embed captions")
     p.add_argument("--allow-missing", action="store_true",
                    help="write the model even if some parameters have no source (e.g. a new classifier head "
                         "when converting a pre-training checkpoint into a classifier)")
@@ -64,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
             print("refusing to write an incomplete model; check --preset, or pass --allow-missing")
             return 1
     load_state(model, state)
+    tokenizer = None
+    if args.vocab:
+        from vatt.data.text import WordTokenizer
+        tokenizer = WordTokenizer.from_vocab_file(args.vocab)
     if args.optimizer_state:
         from vatt.checkpoint.optimizer_state import write_training_checkpoint
         if not isinstance(cfg, (configs.VATTConfig, configs.UnifiedConfig)):
@@ -77,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote training checkpoint {folder} (weights, Adam state, step); continue it with "
               f"`vatt pretrain --resume --set run.output_dir={args.out}`")
         return 0
-    out = save(model, args.out, cfg)
-    print(f"wrote {out}/model.safetensors and {out}/config.json ({len(state)} tensors)")
+    out = save(model, args.out, cfg, tokenizer=tokenizer)
+    print(f"wrote {out}/model.safetensors and {out}/config.json" + (" and vocab.txt" if tokenizer else "")
+          + f" ({len(state)} tensors)")
+    if tokenizer is None and getattr(cfg, "kind", None) in ("tx_fac", "ut_fac"):
+        print("note: no --vocab, so the folder has no vocab.txt; to embed captions, convert again with "
+              "--vocab misc/howto100m_en.txt (the official vocabulary), or pass --vocab to the commands that use it")
     return 0

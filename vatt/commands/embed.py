@@ -28,14 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a caption to embed (repeatable); needs a model with a text tower")
     add_media_arguments(parser)
     parser.add_argument("--modalities", default="auto", choices=["auto", "video", "audio", "video,audio"],
+                        metavar="{auto,video,audio,video+audio}", type=lambda v: v.replace("+", ","),
                         help="auto (default): what each file has; video / audio: require that stream; "
-                             "video,audio: require video, add audio where present")
+                             "video,audio (or video+audio): require video, add audio where present")
     parser.add_argument("--no-captions", action="store_true", help="do not embed the captions of a manifest")
     parser.add_argument("--windows", type=int, default=1,
                         help="windows per file: 1 = the middle one (default), W > 1 = W linearly spaced ones "
                              "(the official test protocol uses 4)")
-    parser.add_argument("--fps", type=float, default=10.0,
-                        help="frame rate of the sampled frames (default 10, the official pre-training rate)")
+    add_fps_argument(parser)
     add_run_arguments(parser)
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out files that cannot be decoded (counted and listed) instead of stopping")
@@ -52,6 +52,15 @@ def add_media_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="folder that relative manifest paths start from (default: the manifest's)")
     parser.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
                         help="keep manifest rows whose COLUMN equals VALUE (repeatable; VALUE may be a,b)")
+
+
+def add_fps_argument(parser: argparse.ArgumentParser) -> None:
+    """The same frame-rate default in every command: the model's input spec (`vatt.embed.clip_spec`)."""
+    from vatt.embed import DEFAULT_FPS
+    parser.add_argument("--fps", type=float, default=None,
+                        help=f"frame rate of the sampled frames (default: the model's input spec, {DEFAULT_FPS:g} fps, "
+                             "the official pre-training rate; the official evaluations took every 2nd frame of "
+                             "25 fps sources: --fps 12.5)")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,11 +88,29 @@ def media_error(err: Exception, hint: str = " (--skip-bad leaves such files out 
     return ValueError(f"{err}{hint}")
 
 
+def model_folder(path: str):
+    """A model folder as given, or the latest checkpoint of a run folder (`vatt pretrain`, `vatt demo`)."""
+    from pathlib import Path
+
+    from vatt.checkpoint.io import CONFIG
+    from vatt.train.checkpoint import latest_checkpoint
+
+    folder = Path(path)
+    if (folder / CONFIG).is_file():
+        return folder
+    latest = latest_checkpoint(folder / "checkpoints") or latest_checkpoint(folder / "run" / "checkpoints")
+    if latest is None:
+        raise FileNotFoundError(f"{path}: neither a model folder (config.json + model.safetensors) nor a run folder "
+                                "with checkpoints/step_*")
+    return latest
+
+
 def load_model(path: str, device: str = "cpu", vocab: str | None = None):
-    """`vatt.load` with an optional vocabulary file for models saved without vocab.txt."""
+    """`vatt.load` of a model folder or a run folder's latest checkpoint, with an optional vocabulary file
+    for models saved without vocab.txt."""
     from vatt.checkpoint.io import load
 
-    model = load(path, map_location=device)
+    model = load(model_folder(path), map_location=device)
     if vocab:
         from vatt.data.text import WordTokenizer
         model.tokenizer = WordTokenizer.from_vocab_file(vocab)
@@ -91,20 +118,15 @@ def load_model(path: str, device: str = "cpu", vocab: str | None = None):
 
 
 class Bar:
-    """A tqdm bar driven by `(done, total)` progress calls from the library."""
+    """Progress driven by `(done, total)` calls from the library: a tqdm bar on a terminal, a plain line
+    every 10 s where the output is a file or a pipe (`vatt.train.progress.ConsoleProgress`)."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "file"):
-        from tqdm.auto import tqdm
-        # disable=None: no bar when stderr is not a terminal (logs, CI), where tqdm's redraws are noise.
-        self.bar = tqdm(desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=False, disable=None)
+        from vatt.train.progress import ConsoleProgress
+        self.bar = ConsoleProgress(desc, total, unit, leave=False)
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar.disable:
-            return
-        if self.bar.total != total:
-            self.bar.total = total
-            self.bar.refresh()
-        self.bar.update(done - self.bar.n)
+        self.bar.update_to(done, total)
 
     def close(self) -> None:
         self.bar.close()
@@ -191,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.text:
         raise ValueError(f"--text given, but this {type(model).__name__} has no text tower")
 
-    meta = {"model": str(args.model), "precision": args.precision, "fps": args.fps,
+    meta = {"model": str(args.model), "precision": args.precision,
+            "fps": files.spec.fps if files is not None else args.fps,
             "inputs": [str(i) for i in args.inputs]}
     written = write_embeddings(out, files, text, text_clip=caption_clip if text is not None else None, meta=meta)
     seconds = time.perf_counter() - t0

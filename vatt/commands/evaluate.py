@@ -20,12 +20,12 @@ Both print a table and write JSON (--out) with the protocol beside every number.
 from __future__ import annotations
 
 import argparse
+import csv
 from typing import Any
 
-from vatt.commands.embed import (Bar, add_media_arguments, add_run_arguments, load_model, media_error, parse_where,
-                                 table, write_json)
+from vatt.commands.embed import (Bar, add_fps_argument, add_media_arguments, add_run_arguments, load_model,
+                                 media_error, parse_where, table, write_json)
 
-EVAL_FPS = 12.5  # official evaluation loaders: 32 frames at stride 2 of sources stored at 25 fps
 # The official zero-shot evaluation (`_run_zero_shot_retrieval`) scores text->video, and audio->video when the
 # data have audio; video->text is an extra.
 OFFICIAL_DIRECTIONS = ("text->video", "audio->video")
@@ -44,9 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="score an embeddings .npz written by `vatt embed` instead of a model + manifest")
     add_media_arguments(r)
     r.add_argument("--windows", type=int, default=4, help="video windows per clip (default 4, official)")
-    r.add_argument("--fps", type=float, default=EVAL_FPS,
-                   help=f"frame rate of the sampled frames (default {EVAL_FPS:g}: stride 2 of 25 fps, as the official "
-                        "evaluation loader)")
+    add_fps_argument(r)
     r.add_argument("--captions", default="first", choices=["all", "first"],
                    help="captions per clip used as queries: the first (default, official: one text per video) or all")
     r.add_argument("--directions", default=",".join(OFFICIAL_DIRECTIONS),
@@ -66,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="a CSV of files and labels, or (with --ucf101 / --hmdb51) the folder of the videos")
     p.add_argument("--modality", default="auto", choices=["auto", "video", "audio"],
                    help="which backbone's features (auto: the model's own for a classifier, else video)")
-    p.add_argument("--path-column", default="path", help="CSV column of file paths (default path)")
+    p.add_argument("--path-column", help="CSV column of file paths (default: the first of video, path, filename, "
+                                         "file, audio, filepath)")
     p.add_argument("--label-column", default="label", help="CSV column of class labels (default label)")
     p.add_argument("--root", help="folder relative paths start from (default: the CSV's folder)")
     p.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE", help="keep CSV rows (repeatable)")
@@ -82,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier", default="official,logistic", help="official, logistic or both (default)")
     p.add_argument("--epochs", type=int, default=1000, help="official probe epochs (default 1000, official)")
     p.add_argument("--windows", type=int, default=4, help="test windows per clip (default 4, official)")
-    p.add_argument("--fps", type=float, default=EVAL_FPS, help=f"video frame rate (default {EVAL_FPS:g}, official)")
+    add_fps_argument(p)
     p.add_argument("--dataset-name", help="name recorded in the protocol (default: from the data path)")
     p.add_argument("--out", default="linear_probe.json", help="JSON results (default linear_probe.json)")
     add_run_arguments(p)
@@ -238,7 +237,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
                 clip_of += [clip] * len(chosen)
         text = embed_text(model, captions, batch_size=max(args.batch_size, 64), precision=args.precision) \
             if captions else None
-        meta = {"model": str(args.model), "precision": args.precision, "fps": args.fps}
+        meta = {"model": str(args.model), "precision": args.precision, "fps": files.spec.fps}
         arrays = embedding_arrays(files, text, text_clip=clip_of if text is not None else None, meta=meta)
         if args.save_embeddings:
             write_embeddings(args.save_embeddings, files, text, text_clip=clip_of if text is not None else None,
@@ -318,7 +317,16 @@ def probe_splits(args: argparse.Namespace) -> tuple[list[tuple[str, list, list]]
             out.append((f"split{k}", tr.items, te.items))
         return out, classes
 
-    common = dict(path_column=args.path_column, label_column=args.label_column, root=args.root)
+    path_column = args.path_column
+    if path_column is None:  # detected as in the other commands
+        from vatt.embed import PATH_COLUMNS
+        with open(args.data, encoding="utf-8-sig", newline="") as f:
+            header = next(csv.reader(f), [])
+        path_column = next((c for c in PATH_COLUMNS if c in header), None)
+        if path_column is None:
+            raise ValueError(f"{args.data}: no file path column (looked for {', '.join(PATH_COLUMNS)}; name it with "
+                             f"--path-column); columns are {header}")
+    common = dict(path_column=path_column, label_column=args.label_column, root=args.root)
     all_rows = ClassificationDataset.from_csv(args.data, where=where or None, **common)
     classes = all_rows.classes
 

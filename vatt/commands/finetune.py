@@ -3,6 +3,7 @@
     vatt finetune --config configs/finetune_fsdd_tiny.yaml
     vatt finetune --config configs/finetune_k400_vit_base.yaml --set model.init_from=converted/bbs
     vatt finetune --config ... --resume                      # continue from the latest checkpoint
+    vatt finetune --config ... --overwrite                   # start over in an output folder of an earlier run
     vatt finetune --config ... --evaluate runs/k400/best     # only score a classifier on the validation data
     torchrun --nproc_per_node 8 -m vatt finetune --config ...
 
@@ -23,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a field, e.g. optim.lr=0.01 or model.init_from=runs/pretrain (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in a run.output_dir that holds an earlier run, deleting its checkpoints "
+                             "and logs (without this or --resume, a non-empty output folder is refused)")
     parser.add_argument("--evaluate", metavar="MODEL_DIR",
                         help="do not train: score this classifier folder on the config's validation data")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
@@ -33,7 +37,7 @@ class _Bars:
 
     def __init__(self):
         from vatt.train.progress import ProgressBar
-        self.train = ProgressBar(disable=None)  # no bar when stderr is not a terminal
+        self.train = ProgressBar(desc="fine-tuning")
         self.eval_bar = None
 
     def on_start(self, start_step, total_steps):
@@ -43,11 +47,10 @@ class _Bars:
         self.train.on_step(step, metrics)
 
     def on_eval_progress(self, done, total):
-        from tqdm.auto import tqdm
+        from vatt.commands.embed import Bar
         if self.eval_bar is None:
-            self.eval_bar = tqdm(total=total, desc="validation", unit="clip", leave=False, dynamic_ncols=True,
-                                 disable=None)
-        self.eval_bar.update(min(done, total) - self.eval_bar.n)
+            self.eval_bar = Bar("validation", total, unit="clip")
+        self.eval_bar(min(done, total), total)
 
     def on_eval(self, step, metrics):
         if self.eval_bar is not None:
@@ -130,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vatt.commands.embed import table, write_json
     from vatt.finetune.loop import TrainingDiverged, finetune
+    from vatt.train.checkpoint import OutputDirNotEmpty
     from vatt.train.progress import TqdmLoggingHandler
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -139,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if main_rank else logging.ERROR)
     try:
-        result = finetune(config, resume=args.resume, callbacks=[_Bars()])
+        result = finetune(config, resume=args.resume, overwrite=args.overwrite, callbacks=[_Bars()])
+    except OutputDirNotEmpty as e:
+        if main_rank:
+            print(f"vatt finetune: error: {e} (--resume continues that run, --overwrite deletes it and starts over, "
+                  f"--set run.output_dir=... writes elsewhere)", file=sys.stderr)
+        return 2
     except TrainingDiverged as e:
         print(f"vatt finetune: {e}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@
         --label-column digit --modality audio --out pics/
     vatt visualize features MODEL_DIR class_folders/ --out pics/      # label = the sub-folder
     vatt visualize features --embeddings emb.npz --label-column label --out pics/   # from `vatt embed`
-    vatt visualize similarity MODEL_DIR clips.csv --out pics/         # captions x clips (video-text space)
+    vatt visualize similarity MODEL_DIR clips.csv --out pics/         # first 20 captions x clips, labelled
     vatt visualize similarity --embeddings emb.npz --out pics/
 
 `--space` picks what is drawn: the backbone's pooled features (default) or the common-space embeddings
@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vatt.commands.embed import (Bar, add_media_arguments, add_run_arguments, load_model, media_error, parse_where,
-                                 table, write_json)
+from vatt.commands.embed import (Bar, add_fps_argument, add_media_arguments, add_run_arguments, load_model,
+                                 media_error, parse_where, table, write_json)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="backbone pooled features (default) or a common space")
     f.add_argument("--methods", default="tsne,pca", help="tsne, pca or both (default)")
     f.add_argument("--windows", type=int, default=1, help="windows per clip, averaged (default 1: the middle one)")
-    f.add_argument("--fps", type=float, default=10.0, help="frame rate of the sampled frames (default 10)")
+    add_fps_argument(f)
     f.add_argument("--seed", type=int, default=0, help="t-SNE seed (default 0)")
     add_media_arguments(f)
     f.add_argument("--out", default="visualize", help="output folder (default ./visualize)")
@@ -53,8 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="which similarities (default text-video)")
     s.add_argument("--mode", default="embd", choices=["embd", "cosine"], help="window averaging mode (default embd)")
     s.add_argument("--windows", type=int, default=4, help="windows per clip (default 4, official)")
-    s.add_argument("--fps", type=float, default=12.5, help="frame rate of the sampled frames (default 12.5)")
-    s.add_argument("--max-clips", type=int, default=0, help="use the first N clips (0 = all)")
+    add_fps_argument(s)
+    s.add_argument("--max-clips", type=int, default=20,
+                   help="use the first N clips (default 20: rows and columns labelled with captions and file names; "
+                        "0 = all, labels left out above 40)")
     add_media_arguments(s)
     s.add_argument("--out", default="visualize", help="output folder (default ./visualize)")
     add_run_arguments(s)
@@ -231,6 +233,7 @@ def run_similarity(args: argparse.Namespace) -> int:
         rows = [first[c] for c in sorted(first)]
         queries, targets = arrays["text_vt"][rows], np.array(sorted(first))
         labels = ("captions", "clips (video)")
+        query_names = [str(arrays["text"][r]) for r in rows]
     else:
         if "audio_va" not in arrays:
             raise ValueError("audio-video needs audio embeddings")
@@ -242,11 +245,14 @@ def run_similarity(args: argparse.Namespace) -> int:
         queries = arrays["audio_va"][: n * w].reshape(n, w, -1)[clips]
         targets = np.arange(len(clips))
         labels = ("audio", "clips (video)")
+        query_names = [Path(str(arrays["path"][c * w])).name for c in clips]
     sim = clip_similarity(queries, videos, args.mode)
     out = Path(args.out)
     path = out / f"similarity_{args.pair}_{args.mode}.png"
+    item_names = [Path(str(arrays["path"][c * w])).name for c in
+                  (range(n) if args.pair == "text-video" else clips)]
     plot_similarity(sim, path, title=f"{args.pair} similarity ({args.mode}, {w} window(s))", query_label=labels[0],
-                    item_label=labels[1], targets=targets)
+                    item_label=labels[1], targets=targets, query_names=query_names, item_names=item_names)
     diag_rank = (sim > sim[np.arange(len(targets)), targets][:, None]).sum(1) + 1
     record = {"command": "visualize similarity", "source": source, "pair": args.pair, "mode": args.mode,
               "windows": w, "num_queries": int(sim.shape[0]), "num_items": int(sim.shape[1]), "file": str(path),

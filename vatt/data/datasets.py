@@ -490,7 +490,11 @@ def make_pretrain_sample(path: decoding.MediaSource, seg_start: float, seg_end: 
     inside [seg_start, seg_end]."""
     span = max(seg_end - seg_start, 0.0)
     mode = "random" if cfg.train else ("center" if cfg.num_windows == 1 else "linspace")
-    starts = [seg_start + s for s in decoding.sample_start(span, cfg.num_frames / cfg.fps, rng, mode, cfg.num_windows)]
+    # The window must hold both the frames and the audio that starts with them (3.2 s each at the official
+    # sizes; the tiny preset's 8 frames at 10 fps are 0.8 s against 3.2 s of audio): with the frames' length
+    # alone, most windows would run past the end of the audio and be masked out of the loss.
+    window_s = max(cfg.num_frames / cfg.fps, cfg.audio_samples / cfg.sample_rate)
+    starts = [seg_start + s for s in decoding.sample_start(span, window_s, rng, mode, cfg.num_windows)]
     videos, audios, mask = [], [], 1.0
     for start in starts:
         clip = decoding.decode_clip(path, start, cfg.num_frames, cfg.fps, cfg.audio_samples, cfg.sample_rate,

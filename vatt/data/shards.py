@@ -173,6 +173,7 @@ def write_shards(
     prefix: str = "shard",
     strict: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    vocab_size: int = 2**16,
 ) -> ShardReport:
     """Pack a pre-training manifest (see `datasets.read_manifest`) into tar shards under `out_dir`.
 
@@ -180,7 +181,9 @@ def write_shards(
     out and counted in the report by reason (or raises with `strict=True`). Captions are stored as
     they are and checked when the sample is loaded, as `PretrainDataset` does. A row is stored as a
     cut (`cut_segment`) when `cut_segments` and its [start, end + tail_s] covers less than 3/4 of
-    the file. `progress(done, total)` is called after each row.
+    the file. `progress(done, total)` is called after each row. Beside the shards, `vocab.txt` holds the
+    `vocab_size` most frequent words of the captions (training from the shards reads it when no
+    vocabulary is named; 0 writes none).
     """
     if max_count < 1 or max_size_mb <= 0:
         raise ValueError(f"need max_count >= 1 and max_size_mb > 0, got {max_count} and {max_size_mb}")
@@ -215,6 +218,9 @@ def write_shards(
     index = {"shards": [{"name": p.name, "count": c} for p, c in zip(writer.paths, writer.counts)],
              "num_samples": report.num_samples, "manifest": os.fspath(manifest)}
     write_json(out / INDEX_FILE, index, indent=1)
+    if vocab_size:
+        WordTokenizer.build((c for r in rows for c in (r.captions or []) if isinstance(c, str)),
+                            max_size=vocab_size).save(out / "vocab.txt")
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -39,11 +39,11 @@ def project_2d(features, method: str = "tsne", seed: int = 0, perplexity: float 
     raise ValueError(f"method must be one of {PROJECTIONS}, got {method!r}")
 
 
-def _new_figure(size_inches: tuple[float, float], dpi: int):
+def _new_figure(size_inches: tuple[float, float], dpi: int, layout: str | None = None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size_inches, dpi=dpi)
+    fig = Figure(figsize=size_inches, dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -56,10 +56,56 @@ def _save(fig, path) -> Path:
     return path
 
 
+# Class names that name a colour are drawn in that colour (a "green square" in green): a legend whose
+# colours contradict the names is misread. Shades picked to stay legible on white (yellow darkened).
+NAMED_COLOURS = {
+    "red": "#d62728", "green": "#2ca02c", "blue": "#1f5fd6", "yellow": "#d4b000", "orange": "#ff7f0e",
+    "purple": "#7b3fb5", "violet": "#7b3fb5", "pink": "#e377c2", "brown": "#8c564b", "black": "#222222",
+    "grey": "#7f7f7f", "gray": "#7f7f7f", "cyan": "#17becf", "magenta": "#c2189b", "white": "#dddddd",
+}
+# Class names that name a shape get that marker.
+NAMED_MARKERS = {"circle": "o", "square": "s", "triangle": "^", "cross": "X", "diamond": "D", "star": "*",
+                 "plus": "P", "pentagon": "p", "hexagon": "h"}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h")
+
+
+def class_styles(names: Sequence[str]) -> list[tuple[tuple[float, float, float, float], str]]:
+    """A (RGBA colour, marker) per class, all distinct: the named colour and shape where a name has them;
+    otherwise a qualitative palette (tab10 up to 10 classes, tab20 up to 20) and, beyond 20 classes,
+    palette colours combined with markers (never a continuous map, whose neighbours look alike)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_rgba
+
+    words = [str(n).lower().replace("-", " ").replace("_", " ").split() for n in names]
+    colour_word = [next((w for w in ws if w in NAMED_COLOURS), None) for ws in words]
+    marker_word = [next((w for w in ws if w in NAMED_MARKERS), None) for ws in words]
+    palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    size = 10 if len(names) <= 10 else 20
+    free = [c for c in (palette(i) for i in range(size))
+            if not any(c == to_rgba(NAMED_COLOURS[w]) for w in colour_word if w)]
+    styles, used = [], set()
+    next_free = 0
+    for i, name in enumerate(names):
+        if colour_word[i]:
+            colour = to_rgba(NAMED_COLOURS[colour_word[i]])
+        else:
+            colour = free[next_free % len(free)]
+            next_free += 1
+        preferred = [NAMED_MARKERS[marker_word[i]]] if marker_word[i] else []
+        marker = next((m for m in preferred + list(MARKERS) if (colour, m) not in used), None)
+        while marker is None:  # more classes of one colour than markers: a darker shade
+            colour = tuple(0.7 * c for c in colour[:3]) + (1.0,)
+            marker = next((m for m in MARKERS if (colour, m) not in used), None)
+        used.add((colour, marker))
+        styles.append((colour, marker))
+    return styles
+
+
 def plot_features_2d(features, labels, path, *, method: str = "tsne", class_names: Sequence[str] | None = None,
                      title: str | None = None, size_inches: tuple[float, float] = (8.0, 8.0), dpi: int = 100,
                      seed: int = 0, max_legend: int = 40, coords=None) -> Path:
-    """Scatter plot of features projected to 2-D, one colour per class, saved as PNG.
+    """Scatter plot of features projected to 2-D, one colour and marker per class (`class_styles`), saved
+    as PNG, with a legend beside the plot.
 
     Args:
         features: [N, D] (e.g. `features_pooled`), ignored when `coords` [N, 2] is given.
@@ -82,45 +128,45 @@ def plot_features_2d(features, labels, path, *, method: str = "tsne", class_name
             return str(class_names[int(c)])
         return str(c)
 
-    from matplotlib import colormaps
-
-    # Qualitative maps keep neighbouring classes distinct; beyond 20 classes sample a continuous one.
-    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "turbo"]
-    colors = cmap(np.linspace(0, 1, len(classes))) if len(classes) > 20 else cmap(np.arange(len(classes)))
-
-    fig = _new_figure(size_inches, dpi)
+    names = [name(c) for c in classes]
+    styles = class_styles(names)
+    fig = _new_figure(size_inches, dpi, layout="constrained")  # keeps the legend beside the plot inside the PNG
     ax = fig.add_subplot(1, 1, 1)
-    marker_size = 20 if len(labels) < 2000 else 4
-    for color, c in zip(colors, classes):
+    marker_size = 36 if len(labels) < 2000 else 8
+    for (color, marker), c, label in zip(styles, classes, names):
         sel = labels == c
-        ax.scatter(coords[sel, 0], coords[sel, 1], s=marker_size, color=color, label=name(c), alpha=0.8,
-                   edgecolors="none")
+        ax.scatter(coords[sel, 0], coords[sel, 1], s=marker_size, color=color, marker=marker, label=label,
+                   alpha=0.85, edgecolors="black", linewidths=0.3)
     ax.set_xticks([])
     ax.set_yticks([])  # t-SNE axes have no meaning; PCA's are uncalibrated too
     method_name = {"tsne": "t-SNE", "pca": "PCA"}.get(method, method)
     heading = title or f"{method_name} of {len(labels)} features, {len(classes)} classes"
     if len(classes) <= max_legend:
-        ax.legend(loc="best", fontsize="small", markerscale=1.5, ncol=1 if len(classes) <= 20 else 2,
-                  framealpha=0.8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", markerscale=1.2,
+                  ncol=1 if len(classes) <= 20 else 2, frameon=False)
     else:
         heading += " (legend omitted)"
-    ax.set_title(heading)
-    fig.tight_layout()  # rearranges axes inside the fixed canvas; the PNG size is unchanged
+    ax.set_title(heading, fontsize="medium")
     return _save(fig, path)
 
 
 def plot_similarity(similarity, path, *, title: str | None = None, query_label: str = "queries",
                     item_label: str = "items", targets=None, size_inches: tuple[float, float] = (8.0, 7.0),
-                    dpi: int = 100, cmap: str = "viridis") -> Path:
+                    dpi: int = 100, cmap: str = "viridis", query_names: Sequence[str] | None = None,
+                    item_names: Sequence[str] | None = None, max_tick_labels: int = 40) -> Path:
     """Heat map of a retrieval similarity matrix [Q, N] with a colour bar, saved as PNG.
 
     `targets` [Q] (the correct item of each query) draws small red dots on the ground truth, so a
-    good model shows its bright cells under the dots. Returns the path written.
+    good model shows its bright cells under the dots. `query_names` / `item_names` label the rows and
+    columns (captions, file names; long ones shortened) when there are at most `max_tick_labels` of them;
+    the figure grows with the labels so they stay legible. Returns the path written.
     """
     sim = to_numpy(similarity, dtype=np.float64)
     if sim.ndim != 2:
         raise ValueError(f"similarity must be [num_queries, num_items], got shape {sim.shape}")
-    fig = _new_figure(size_inches, dpi)
+    label_rows = query_names is not None and len(query_names) == sim.shape[0] and sim.shape[0] <= max_tick_labels
+    label_cols = item_names is not None and len(item_names) == sim.shape[1] and sim.shape[1] <= max_tick_labels
+    fig = _new_figure(size_inches, dpi, layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     # "nearest" without resampling artefacts for small matrices; large ones are downsampled by Agg.
     image = ax.imshow(sim, aspect="auto", interpolation="nearest", cmap=cmap)
@@ -129,10 +175,19 @@ def plot_similarity(similarity, path, *, title: str | None = None, query_label: 
         targets = to_numpy(targets).reshape(-1)
         if targets.shape[0] != sim.shape[0]:
             raise ValueError(f"{targets.shape[0]} targets for {sim.shape[0]} queries")
-        ax.scatter(targets, np.arange(sim.shape[0]), s=max(1.0, 400.0 / sim.shape[0]), c="red", marker=".",
+        ax.scatter(targets, np.arange(sim.shape[0]), s=max(4.0, 400.0 / sim.shape[0]), c="red", marker=".",
                    linewidths=0)
+
+    def short(text: str, n: int = 40) -> str:
+        text = str(text)
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    if label_rows:
+        ax.set_yticks(np.arange(sim.shape[0]), [short(q) for q in query_names], fontsize=8)
+    if label_cols:
+        ax.set_xticks(np.arange(sim.shape[1]), [short(i, 24) for i in item_names], fontsize=8, rotation=60,
+                      ha="right", rotation_mode="anchor")
     ax.set_xlabel(f"{item_label} ({sim.shape[1]})")
     ax.set_ylabel(f"{query_label} ({sim.shape[0]})")
     ax.set_title(title or "similarity")
-    fig.tight_layout()
     return _save(fig, path)

@@ -199,6 +199,10 @@ class FinetuneConfig:
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.optim.warmup_steps and self.optim.warmup_steps >= self.optim.total_steps:
+            raise ConfigError(f"optim.warmup_steps={self.optim.warmup_steps} is not below optim.total_steps="
+                              f"{self.optim.total_steps}: the run would end inside the warm-up, never reaching the "
+                              f"peak rate; lower optim.warmup_steps below optim.total_steps (0 = no warm-up)")
         if not 0.0 <= self.data.flip_prob <= 1.0:
             raise ConfigError(f"data.flip_prob must be in [0, 1], got {self.data.flip_prob}")
         if self.loss.label_smoothing is not None and not 0.0 <= self.loss.label_smoothing < 1.0:

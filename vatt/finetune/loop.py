@@ -69,18 +69,22 @@ class FinetuneResult:
 
 def finetune(config: FinetuneConfig, *, resume: bool = False, callbacks: Iterable[Callback] = (),
              train_dataset: Dataset | None = None, val_dataset: Dataset | None = None,
-             classes: list[str] | None = None) -> FinetuneResult:
+             classes: list[str] | None = None, overwrite: bool = False) -> FinetuneResult:
     """Fine-tune a classifier as `config` says; with `resume`, continue from the latest checkpoint.
 
     `train_dataset` / `val_dataset` replace the data named in `config.data` (map-style datasets as
     `vatt.data.datasets.ClassificationDataset` yields: training samples `video` [T, H, W, 3] or `audio` [N]
     with `label`; validation samples with all views, `[V, ...]`). Callbacks get `on_start`, `on_step`,
     `on_log`, `on_eval`, `on_end`, and `on_eval_progress(done, total)` if they define it.
+    A new run (not `resume`) refuses a `run.output_dir` that already holds files, unless `overwrite`.
     """
     config.validate()
     env = init_distributed(config.run.device)
     try:
-        run = _Run(config, env, list(callbacks) if env.is_main else [], train_dataset, val_dataset, classes)
+        ckpt.prepare_output_dir(config.run.output_dir, resume=resume, overwrite=overwrite, is_main=env.is_main)
+        barrier()
+        run = _Run(config, env, list(callbacks) if env.is_main else [], train_dataset, val_dataset, classes,
+                   resume)
         return run.train(resume)
     finally:
         shutdown_distributed(env)
@@ -94,7 +98,7 @@ def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 class _Run:
     def __init__(self, cfg: FinetuneConfig, env, callbacks: list[Callback], train_dataset, val_dataset,
-                 classes: list[str] | None):
+                 classes: list[str] | None, resume: bool = False):
         from vatt.finetune.data import build_datasets, resolve_modality
         from vatt.finetune.optim import build_optimizer
         from vatt.finetune.weights import init_classifier
@@ -133,7 +137,14 @@ class _Run:
 
         torch.manual_seed(cfg.run.seed)
         model = build_model(self.model_config)
-        self.init = init_classifier(model, cfg.model.init_from)
+        if resume and ckpt.latest_checkpoint(self.ckpt_root) is not None:
+            # The weights come from the checkpoint; where they first came from is recorded in it (the source
+            # itself, e.g. a pruned pre-training checkpoint, may be gone).
+            from vatt.finetune.weights import InitReport
+            saved = ckpt.load_train_state(ckpt.latest_checkpoint(self.ckpt_root)).get("init")
+            self.init = InitReport(**json.loads(saved)) if saved else InitReport(source="", kind="unknown")
+        else:
+            self.init = init_classifier(model, cfg.model.init_from)
         if cfg.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
         model = model.to(env.device)
@@ -358,6 +369,7 @@ class _Run:
                                         "consecutive_skipped": self.consecutive_skipped},
                            "optimizer": self.optimizer.state_dict(), "rng": ckpt.rng_state(),
                            "data": self.data.position(), "best": json.dumps(self.best),
+                           "init": json.dumps(dataclasses.asdict(self.init)),
                            "config": json.dumps(self.cfg.to_dict())}
             folder = ckpt.save_checkpoint(self.ckpt_root, self.step, weights, to_dict(self.model_config),
                                           train_state, self.cfg.checkpoint.keep_last)

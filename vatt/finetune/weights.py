@@ -39,6 +39,8 @@ class InitReport:
     def describe(self) -> str:
         if self.kind == "scratch":
             return "random initialisation"
+        if self.kind == "unknown":  # resumed from a checkpoint that did not record it
+            return "unknown (resumed from a checkpoint that does not record where its weights started)"
         left = ", ".join(self.left_at_init[:6]) + (" ..." if len(self.left_at_init) > 6 else "")
         text = f"{self.loaded} tensors from {self.kind} {self.source}; {self.ignored} source tensors not used"
         if self.left_at_init:

@@ -86,12 +86,14 @@ def save_checkpoint(root: str | Path, step: int, weights: dict[str, torch.Tensor
         raise WriteFailed(name, e.cause, f"checkpoint {final.name} (the previous checkpoint, "
                                            f"{previous or 'none'}, is intact; free space and resume):") from e
     faults.point("checkpoint.written", step)
-    _prune(root, keep_last)
+    _prune(root, keep_last, final)
     return final
 
 
-def _prune(root: Path, keep_last: int) -> None:
-    for old in list_checkpoints(root)[:-keep_last]:
+def _prune(root: Path, keep_last: int, written: Path) -> None:
+    # The checkpoint just written is always kept, even if older runs left higher step numbers behind.
+    others = [p for p in list_checkpoints(root) if p != written]
+    for old in others[:max(len(others) - (keep_last - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step_*"):  # left behind by a crash mid-write
         shutil.rmtree(stale, ignore_errors=True)
@@ -122,6 +124,38 @@ def resumable_checkpoint(root: str | Path, quarantine: bool = True) -> Path | No
         raise DamagedFolder(damaged[0].folder, damaged[0].file,
                             f"{damaged[0].reason}; and no older checkpoint under {root} is intact")
     return None
+
+
+# What a pre-training or fine-tuning run writes into its output folder; `overwrite` deletes these only.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "eval.jsonl", "tensorboard", "vocab.txt", "config.json", "best",
+               "final", "results.json", "evaluation.json")
+
+
+class OutputDirNotEmpty(ValueError):
+    """A new run was pointed at a folder that already holds an earlier run's files."""
+
+
+def prepare_output_dir(output_dir: str | Path, *, resume: bool, overwrite: bool, is_main: bool = True) -> None:
+    """Refuse a new run into a non-empty folder (its checkpoints and logs would mix with the earlier
+    run's, and pruning by step number would keep the wrong ones); with `overwrite`, delete the earlier
+    run's files first (rank 0 only). Resuming continues in place."""
+    out = Path(output_dir)
+    if resume or not out.is_dir():
+        return
+    found = sorted(p.name for p in out.iterdir())
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise OutputDirNotEmpty(f"{out} is not empty ({shown}): resume the run there, overwrite it, or choose "
+                                f"another run.output_dir")
+    if is_main:
+        for name in RUN_OUTPUTS:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
 
 
 def load_weights(folder: str | Path, verify: bool = True) -> dict[str, torch.Tensor]:

@@ -195,6 +195,10 @@ class PretrainConfig:
         if self.run.stop_at_step > self.optim.total_steps:
             raise ConfigError(f"run.stop_at_step={self.run.stop_at_step} is past optim.total_steps="
                               f"{self.optim.total_steps}, where the schedule ends")
+        if self.optim.warmup_steps and self.optim.warmup_steps >= self.optim.total_steps:
+            raise ConfigError(f"optim.warmup_steps={self.optim.warmup_steps} is not below optim.total_steps="
+                              f"{self.optim.total_steps}: the run would end inside the warm-up, never reaching the "
+                              f"peak rate; lower optim.warmup_steps below optim.total_steps (0 = no warm-up)")
         if self.optim.weight_decay > 0 and self.optim.optimizer != "adamw":
             raise ConfigError("optim.weight_decay needs optim.optimizer=adamw (Adam's coupled L2 decay is not offered)")
 

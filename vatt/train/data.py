@@ -152,24 +152,69 @@ def shard_paths(source: str) -> str | list[str]:
     return list(braceexpand(source))
 
 
+VOCAB_FILE = "vocab.txt"
+
+
+def iter_captions(source: str, where: dict[str, Any] | None = None) -> Iterator[str]:
+    """The captions of a manifest (rows kept by `where`, e.g. {"split": "train"}) or of `vatt shard` shards
+    (a folder, a .tar or a brace pattern; their JSON metadata)."""
+    import json
+
+    if is_shards(source):
+        from vatt.data.shards import iter_tar_samples, list_shards
+        for shard in list_shards(shard_paths(source)):
+            for _, files in iter_tar_samples(shard):
+                meta = json.loads(files.get("json", b"{}"))
+                yield from (c for c in (meta.get("captions") or []) if isinstance(c, str))
+        return
+    from vatt.data.datasets import matches_fields, read_manifest
+    for row in read_manifest(source):
+        if matches_fields(row.fields, where or None, None):
+            yield from (c for c in (row.captions or []) if isinstance(c, str))
+
+
+def build_vocabulary(source: str, max_size: int = 2**16, where: dict[str, Any] | None = None):
+    """A `WordTokenizer` of the `max_size` most frequent words (special tokens included) of the captions of
+    a manifest or of shards (`iter_captions`). Saved with `.save(path)`; its words are in id order, most
+    frequent first, so the first N lines of the file are the vocabulary of size N."""
+    from vatt.data.text import WordTokenizer
+
+    return WordTokenizer.build(iter_captions(source, where), max_size=max_size)
+
+
+def _shard_vocabulary(source: str) -> Path | None:
+    """`vocab.txt` written by `vatt shard` beside the shards of `source`, if there is one."""
+    first = shard_paths(source)
+    first = first[0] if isinstance(first, list) else first
+    folder = Path(first) if Path(first).is_dir() else Path(first).parent
+    return folder / VOCAB_FILE if (folder / VOCAB_FILE).is_file() else None
+
+
 def build_tokenizer(data_cfg: Any, model_config: Any, output_dir: str | Path):
-    """The word tokenizer: `data.vocab` if given, else the most frequent words of the training captions
-    (as many as the model's text vocabulary holds), saved as `<output_dir>/vocab.txt` for later use."""
-    from vatt.data.datasets import read_manifest
+    """The word tokenizer: `data.vocab` if given; else, for shards, the vocab.txt that `vatt shard` wrote
+    beside them, and for a manifest, the most frequent words of the training captions. Either way at most
+    as many words as the model's text vocabulary holds, saved as `<output_dir>/vocab.txt` for later use."""
     from vatt.data.text import WordTokenizer
 
     vocab_size = getattr(model_config, "text", model_config).vocab_size
     if data_cfg.vocab:
         tokenizer = WordTokenizer.from_vocab_file(data_cfg.vocab)
     else:
-        saved = Path(output_dir) / "vocab.txt"
+        saved = Path(output_dir) / VOCAB_FILE
         if saved.exists():  # a resumed run keeps its vocabulary
             return WordTokenizer.from_vocab_file(saved)
         if is_shards(data_cfg.train):
-            raise ValueError("data.vocab is required with shards (the vocabulary is built from a manifest's captions)")
-        rows = read_manifest(data_cfg.train)
-        tokenizer = WordTokenizer.build((c for r in rows for c in (r.captions or []) if isinstance(c, str)),
-                                        max_size=vocab_size)
+            beside = _shard_vocabulary(data_cfg.train)
+            if beside is None:
+                raise ValueError(f"data.vocab is required with shards that have no {VOCAB_FILE} beside them "
+                                 f"({data_cfg.train}); build one from their captions or from the manifest they "
+                                 "came from (`vatt vocab`), or re-shard (`vatt shard` writes one)")
+            full = WordTokenizer.from_vocab_file(beside)
+            # Most frequent first: the first vocab_size ids are what a vocabulary of that size would hold.
+            tokenizer = WordTokenizer({w: i for w, i in full.word_to_id.items() if i < vocab_size})
+        else:
+            tokenizer = build_vocabulary(data_cfg.train, vocab_size, data_cfg.train_where)
+        saved.parent.mkdir(parents=True, exist_ok=True)
         tokenizer.save(saved)  # atomic: ranks of other nodes may write their own copy at the same time
     if tokenizer.vocab_size > vocab_size:
         raise ValueError(f"the vocabulary has {tokenizer.vocab_size} entries, more than the model's text "

@@ -196,7 +196,8 @@ def measure_step_seconds(settings: list[str], dataset: Dataset, steps: int = 6) 
     from vatt.train.loop import pretrain
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(None, settings + [f"run.output_dir={tmp}", f"optim.total_steps={steps}", "log.every_steps=1",
+        cfg = load_config(None, settings + [f"run.output_dir={tmp}", f"optim.total_steps={steps}",
+                                            "optim.warmup_steps=1", "log.every_steps=1",
                                             "checkpoint.enabled=false", "run.time_limit_minutes=0"])
         history = pretrain(cfg, train_dataset=dataset).history
     return float(np.median([cfg.data.batch_size / r["clips_per_s"] for r in history[1:]]))
@@ -288,7 +289,9 @@ def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
     report(f"pre-training {PRESET} for {steps} steps of {cfg.batch_size} clips "
            f"({'bf16 autocast' if amp_dtype else 'fp32'}) into {run_dir}")
     t2 = time.perf_counter()
-    result = pretrain(config, train_dataset=train_clips, callbacks=callbacks)
+    # The demo's run folder is its own: a second `vatt demo` starts it over. The tokenizer goes into every
+    # checkpoint (vocab.txt), so the model folder works with `vatt embed` / `vatt eval retrieval` on captions.
+    result = pretrain(config, train_dataset=train_clips, callbacks=callbacks, tokenizer=tokenizer, overwrite=True)
     seconds["pre-training"] = time.perf_counter() - t2
     if result.stopped_early:
         report(f"the time limit stopped pre-training at step {result.step} of {steps}")

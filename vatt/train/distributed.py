@@ -137,9 +137,11 @@ def wrap_model(model: nn.Module, parallel: str, env: DistEnv) -> nn.Module:
         return model
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
-        # Buffers need no broadcast: the only ones are BatchNorm statistics, which GlobalBatchNorm1d keeps equal.
+        # Buffers need no broadcast each forward: the only ones are BatchNorm statistics, which GlobalBatchNorm1d
+        # keeps equal. (`forward_sync_buffers` replaces the deprecated `broadcast_buffers`, whose FutureWarning
+        # every rank printed; the one sync at init copies what every rank already holds.)
         return DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None,
-                                       broadcast_buffers=False)
+                                       forward_sync_buffers=False)
     import warnings
 
     from torch.distributed.fsdp import fully_shard

@@ -68,20 +68,27 @@ class PretrainResult:
 
 def pretrain(config: PretrainConfig, *, resume: bool = False, callbacks: Iterable[Callback] = (),
              train_dataset: Dataset | None = None, heldout_dataset: Dataset | None = None,
-             collate_fn: Any = None) -> PretrainResult:
+             collate_fn: Any = None, tokenizer: Any = None, overwrite: bool = False) -> PretrainResult:
     """Pre-train a VATT model as `config` says; with `resume`, continue from the latest checkpoint.
 
     `train_dataset` / `heldout_dataset` replace the datasets named in `config.data`: map-style datasets
     keyed by (epoch, index) pairs, or iterable ones, of dicts as `vatt.data.datasets` yields them (video
     [T, H, W, 3] in [-1, 1], audio [N], text [L, n_words] ids, audio_mask and text_mask floats), stacked by
-    `collate_fn` (default `vatt.data.datasets.collate`). Returns once `optim.total_steps` steps are done;
+    `collate_fn` (default `vatt.data.datasets.collate`); `tokenizer` is the word tokenizer that made their
+    text ids, saved with every checkpoint as vocab.txt so that the model folder can embed captions.
+    A new run (not `resume`) refuses an `run.output_dir` that already holds files, unless `overwrite`
+    (which deletes what an earlier run wrote there). Returns once `optim.total_steps` steps are done;
     raises TrainingDiverged if the loss or gradient stays non-finite.
     """
     config.validate()
     env = init_distributed(config.run.device)
     try:
-        return _Run(config, env, list(callbacks) if env.is_main else [], train_dataset, heldout_dataset,
-                    collate_fn).train(resume)
+        ckpt.prepare_output_dir(config.run.output_dir, resume=resume, overwrite=overwrite, is_main=env.is_main)
+        barrier()  # rank 0 may be deleting an earlier run
+        run = _Run(config, env, list(callbacks) if env.is_main else [], train_dataset, heldout_dataset, collate_fn)
+        if tokenizer is not None:
+            run.tokenizer = tokenizer
+        return run.train(resume)
     finally:
         shutdown_distributed(env)
 
@@ -138,7 +145,7 @@ class _Run:
         self.tokenizer = None  # known when the run reads captions itself (saved with each checkpoint)
         if train_dataset is None:
             if not cfg.data.train:
-                raise ValueError("data.train is empty: name a manifest or shards (or pass train_dataset=)")
+                raise ValueError("data.train is empty: name a manifest or a folder of shards in data.train")
             from vatt.train.data import build_dataset, build_tokenizer
             self.tokenizer = build_tokenizer(cfg.data, self.model_config, self.out) if env.is_main else None
             barrier()  # rank 0 may have just written vocab.txt
@@ -150,7 +157,8 @@ class _Run:
         self.collate_fn = collate_fn = collate_fn or collate
         self.heldout = heldout_dataset
         if cfg.eval.every_steps and self.heldout is None:
-            raise ValueError("eval.every_steps is set but there is no held-out data (data.heldout or heldout_dataset=)")
+            raise ValueError("eval.every_steps is set but there is no held-out data: name a manifest in data.heldout, "
+                             "or set eval.every_steps=0")
         self.data = MicroBatches(train_dataset, collate_fn, cfg.data.batch_size, env.world_size, env.rank,
                                  cfg.optim.grad_accum_steps, cfg.run.seed, cfg.data.num_workers,
                                  pin_memory=env.device.type == "cuda")
@@ -191,6 +199,7 @@ class _Run:
                     self._emit("on_log", state.step, record)
                 if cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0:
                     metrics = self.evaluate()
+                    log.info("step %d: %s", state.step, format_heldout(metrics))
                     result.eval_history.append({"step": state.step, **metrics})
                     if writer:
                         writer.write({"step": state.step, **metrics}, kind="eval")
@@ -385,6 +394,19 @@ class _Run:
         embeddings = embed_clips(self.raw_model, loader, self.env.device, self.amp_dtype)
         self.model.train()
         return zero_shot_retrieval(embeddings)
+
+
+def format_heldout(metrics: dict[str, float]) -> str:
+    """The periodic held-out check in one line: R@1, R@5 and median rank per direction, beside chance."""
+    parts = []
+    for direction in ("text->video", "audio->video"):
+        if f"{direction}/R@1" not in metrics:
+            continue
+        n = int(metrics[f"{direction}/num_items"])
+        parts.append(f"{direction.replace('->', '→')} R@1 {100 * metrics[f'{direction}/R@1']:.1f}% "
+                     f"R@5 {100 * metrics[f'{direction}/R@5']:.1f}% MedR {metrics[f'{direction}/MedR']:g} "
+                     f"(chance: R@1 {100 / n:.1f}%, MedR {(n + 1) / 2:g} of {n})")
+    return "held-out retrieval, one window per clip: " + "; ".join(parts)
 
 
 @contextlib.contextmanager
