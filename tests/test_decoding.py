@@ -236,6 +236,45 @@ def test_threaded_decoding_gives_the_same_frames(media):
     assert torch.equal(a.frames, b.frames)
 
 
+def test_forked_worker_never_frees_a_threaded_codec_context(media):
+    # A DataLoader worker used to hang for ever when its garbage collector freed a codec context that the
+    # parent had decoded with frame threads (FFmpeg joins threads that do not exist after fork).
+    import gc
+    import signal
+    import time
+
+    enabled = gc.isenabled()
+    gc.disable()  # keep the cycle below alive until the fork, as a collection that has not yet run would
+    try:
+        container = av.open(str(media["cfr"]))
+        stream = container.streams.video[0]
+        stream.thread_type, stream.codec_context.thread_count = "AUTO", 0
+        for i, _ in enumerate(container.decode(stream)):
+            if i > 30:
+                break
+        cycle = [stream.codec_context]
+        cycle.append(cycle)  # unreachable once the names are gone, freed only by a collection
+        container.close()
+        del container, stream, cycle, _
+        pid = os.fork()
+        if pid == 0:
+            gc.collect()
+            os._exit(0)
+    finally:
+        if enabled:
+            gc.enable()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked process hung freeing a threaded codec context")
+
+
 # --------------------------------------------------------------------------------------------------
 # Audio
 # --------------------------------------------------------------------------------------------------

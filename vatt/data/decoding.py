@@ -38,6 +38,7 @@ the beginning of the file: slower, never wrong.
 from __future__ import annotations
 
 import bisect
+import gc
 import io
 import math
 import os
@@ -73,6 +74,13 @@ _AUDIO_GAP_TOLERANCE = 0.02
 # When the audio seek lands after the span (files without a precise index), seek again this far
 # before the start, then decode from the beginning.
 _SEEK_BACKOFF_S = (2.0, 10.0)
+
+# A forked process (a DataLoader worker) must never free a codec context that the parent decoded with
+# frame threads: FFmpeg then waits on threads that do not exist in the child, and the worker hangs for
+# ever. Such contexts can sit in unreachable reference cycles until the next garbage collection, which
+# would then run in the child. So collect in the parent just before any fork, and in the child leave
+# everything inherited to the parent (gc.freeze: the child's collector never visits those objects).
+os.register_at_fork(before=gc.collect, after_in_child=gc.freeze)
 # Video seeks tried before decoding from the beginning of the file (see decode_clip).
 _MAX_SEEKS = 3
 
