@@ -4,6 +4,9 @@ The release ships it as a pickle. Unpickling runs code chosen by whoever wrote t
 it implicitly: `convert_word2vec_pickle(..., allow_pickle=True)` converts it once to safetensors, through
 an unpickler that only accepts what a numpy array in a dict needs, and every later load reads the
 safetensors file.
+
+The same table is also a (frozen) variable of every official pre-training checkpoint, so
+`convert_word_table_from_checkpoint` takes it from there instead: no pickle at all, and no TensorFlow.
 """
 from __future__ import annotations
 
@@ -48,6 +51,28 @@ def convert_word2vec_pickle(pickle_path: str | Path, out_path: str | Path, allow
     table = np.asarray(data[KEY], dtype=np.float32)
     if table.ndim != 2:
         raise ValueError(f"{pickle_path}: {KEY} must be [vocab, dim], got shape {table.shape}")
+    tensor = torch.from_numpy(table.copy())
+    save_file({KEY: tensor}, str(out_path))
+    return tensor
+
+
+# Where the frozen table lives in official pre-training checkpoints (tx_fac, ut_fac), suffix removed.
+CHECKPOINT_KEYS = (
+    "model/layer_with_weights-0/_base_layer/txt_backbone/embedding/embeddings",
+    "model/layer_with_weights-0/_base_layer/unified_backbone/unified_transformer/raw_to_embeddings/text/embeddings",
+)
+
+
+def convert_word_table_from_checkpoint(prefix: str, out_path: str | Path, reader: str = "native") -> torch.Tensor:
+    """Take the word table out of an official pre-training checkpoint into `out_path` (safetensors)."""
+    from vatt.checkpoint.convert_tf import read_tf_checkpoint
+
+    arrays = read_tf_checkpoint(prefix, reader)
+    found = [k for k in CHECKPOINT_KEYS if k in arrays]
+    if not found:
+        raise ValueError(f"{prefix}: no word table in this checkpoint (looked for {' or '.join(CHECKPOINT_KEYS)}); "
+                         "fine-tuned classifier checkpoints have none")
+    table = np.asarray(arrays[found[0]], dtype=np.float32)
     tensor = torch.from_numpy(table.copy())
     save_file({KEY: tensor}, str(out_path))
     return tensor

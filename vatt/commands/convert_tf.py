@@ -3,8 +3,8 @@
     vatt convert-tf <checkpoint-prefix> --preset tx_fac_bbs --out converted/bbs
     vatt convert-tf <checkpoint-prefix> --official-config config.json --out converted/mine
 
-The checkpoint prefix is the path without `.index` / `.data-*` (e.g. `.../ckpt-500000`). Needs TensorFlow
-(`pip install "vatt[tf]"`) for reading only.
+The checkpoint prefix is the path without `.index` / `.data-*` (e.g. `.../ckpt-500000`). Reading needs no
+TensorFlow; `--reader tf` reads with TensorFlow's own reader instead (`pip install "vatt[tf]"`), as a cross-check.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--official-config", help="a JSON of the official resolved config (as in the parity folders)")
     p.add_argument("--num-classes", type=int, help="classifier presets: number of classes of the checkpoint")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--reader", choices=("native", "tf"), default="native",
+                   help="checkpoint reader: native (numpy, the default) or tf (TensorFlow's, needs vatt[tf])")
     p.add_argument("--allow-missing", action="store_true",
                    help="write the model even if some parameters have no source (e.g. a new classifier head "
                         "when converting a pre-training checkpoint into a classifier)")
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("--num-classes only applies to classifier presets")
         cfg.num_classes = args.num_classes
     model = build_model(cfg)
-    state, report = convert_tf_checkpoint(args.checkpoint, model)
+    state, report = convert_tf_checkpoint(args.checkpoint, model, reader=args.reader)
     for r in report.resized:
         print(f"resized positional table {r}")
     if report.unexpected:
