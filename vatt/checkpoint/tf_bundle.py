@@ -226,9 +226,10 @@ def _block_items(block: bytes) -> Iterator[tuple[bytes, bytes]]:
     if limit < 0:
         raise ValueError(f"{num_restarts} restart points do not fit a {len(block)}-byte block")
     restarts = set(struct.unpack_from(f"<{num_restarts}I", block, limit))
-    key, pos = b"", 0
+    key, pos, starts = b"", 0, set()
     while pos < limit:
         start = pos
+        starts.add(start)
         shared, pos = _varint(block, pos)
         non_shared, pos = _varint(block, pos)
         value_len, pos = _varint(block, pos)
@@ -240,6 +241,8 @@ def _block_items(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         pos += non_shared
         yield key, block[pos:pos + value_len]
         pos += value_len
+    if not restarts <= starts:
+        raise ValueError(f"restart points {sorted(restarts - starts)} are not entry starts")
 
 
 def read_index(prefix: str | os.PathLike) -> tuple[BundleHeader, dict[str, BundleEntry]]:
@@ -263,11 +266,12 @@ def read_index(prefix: str | os.PathLike) -> tuple[BundleHeader, dict[str, Bundl
                 if key == HEADER_KEY:
                     header = _parse_header(value)
                 else:
-                    name = key.decode("utf-8")
+                    # slices of partitioned variables have binary (OrderedCode) keys
+                    name = key.decode("utf-8", errors="backslashreplace")
                     entries[name] = _parse_entry(name, value)
     except CheckpointError:
         raise
-    except (ValueError, IndexError, struct.error, UnicodeDecodeError) as e:
+    except (ValueError, IndexError, struct.error) as e:
         raise CheckpointError(f"{path}: damaged checkpoint index ({e})") from e
     if header is None:
         raise CheckpointError(f"{path}: the index has no bundle header (empty key)")

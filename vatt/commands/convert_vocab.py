@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                     "official word2vec.pkl (a pickled dict with 'word_embeddings')")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--allow-pickle", action="store_true",
-                   help="required: confirms you trust the pickle (loaded with an array-only unpickler)")
+                   help="required for a pickle: confirms you trust it (loaded with an array-only unpickler)")
     p.add_argument("--reader", choices=("native", "tf"), default="native",
                    help="checkpoint reader: native (numpy, the default) or tf (TensorFlow's, needs vatt[tf])")
     p.add_argument("--vocab", help="vocabulary file (one word per line) to check the table's size against")
