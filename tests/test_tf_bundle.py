@@ -3,6 +3,7 @@ checkpoints and on damaged copies of them. One test cross-checks against TensorF
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from tests.conftest import shared_path
 from vatt.checkpoint.convert_tf import SUFFIX, read_tf_checkpoint
 from vatt.checkpoint.tf_bundle import BundleReader, CheckpointError, read_index
 from vatt.cli import main as cli
+from tests.tf_bundle_writer import write_bundle
 
 CHECKPOINTS = ["tx_fac/ckpt/ckpt-1", "ut_fac/ckpt/ckpt-1", "finetune_vit/ckpt/ckpt-1", "finetune_wat/ckpt/ckpt-1",
                "finetune_vit_from_ut/ckpt/ckpt-1", "train_steps/ckpt/ckpt-4"]
@@ -141,6 +143,59 @@ def test_convert_vocab_takes_the_word_table_from_a_checkpoint(parity, tmp_path, 
     assert "no word table in this checkpoint" in capsys.readouterr().err
 
 
+def many_arrays():
+    """Every numpy dtype TF shares, strings, scalars, an empty tensor, and offsets that break alignment."""
+    rng = np.random.default_rng(0)
+    arrays = {f"layer/{i:03d}/kernel": rng.standard_normal((i % 5 + 1, 3)).astype(np.float32) for i in range(120)}
+    arrays.update({
+        "a/int8": np.arange(-3, 4, dtype=np.int8), "a/float64": rng.standard_normal((2, 3, 4)),
+        "a/float16": rng.standard_normal(5).astype(np.float16), "a/int16": np.array([-2, 7], np.int16),
+        "a/int32": np.array(-9, np.int32), "a/int64": np.array([1 << 40], np.int64), "a/uint8": np.arange(3, dtype=np.uint8),
+        "a/uint16": np.array([65535], np.uint16), "a/uint32": np.array([1 << 31], np.uint32),
+        "a/uint64": np.array([1 << 63], np.uint64), "a/bool": np.array([[True], [False]]),
+        "a/complex64": np.array([1 + 2j], np.complex64), "a/complex128": np.array([3 - 1j]),
+        "a/empty": np.zeros((0, 7), np.float32),
+        "a/strings": np.array([[b"", b"x"], [b"\x00\xff", b"long " * 300]], dtype=object),
+    })
+    return arrays
+
+
+def assert_reads_back(prefix, arrays):
+    reader = BundleReader(prefix)
+    assert sorted(reader.keys()) == sorted(arrays)
+    for key, value in arrays.items():
+        got = reader.read(key)
+        assert got.dtype == value.dtype and got.shape == value.shape, key
+        assert got.tolist() == value.tolist(), key
+        if got.dtype != object:
+            assert got.flags.aligned and got.flags.writeable, key  # torch.from_numpy takes it as is
+    return reader
+
+
+def test_several_shards_and_index_blocks_every_dtype(tmp_path):
+    arrays = many_arrays()
+    write_bundle(tmp_path / "ckpt-7", arrays, num_shards=3, block_size=512)
+    reader = assert_reads_back(tmp_path / "ckpt-7", arrays)
+    assert reader.header.num_shards == 3 and {e.shard_id for e in reader.entries.values()} == {0, 1, 2}
+    assert any(e.offset % 4 for e in reader.entries.values() if e.tf_dtype == 1)  # unaligned float32s occur
+    assert len(list(tmp_path.glob("ckpt-7.data-*-of-00003"))) == 3
+    (tmp_path / "ckpt-7.data-00002-of-00003").unlink()
+    key = next(k for k, e in reader.entries.items() if e.shard_id == 2)
+    with pytest.raises(FileNotFoundError, match=f"ckpt-7.data-00002-of-00003: missing data shard"):
+        BundleReader(tmp_path / "ckpt-7").read(key)
+
+
+def test_snappy_compressed_index_blocks(tmp_path, monkeypatch):
+    pytest.importorskip("cramjam")  # the dev extra installs it; users need it only for such files
+    arrays = many_arrays()
+    write_bundle(tmp_path / "s", arrays, num_shards=2, block_size=256, snappy=True)
+    assert_reads_back(tmp_path / "s", arrays)
+    monkeypatch.setitem(sys.modules, "cramjam", None)
+    with pytest.raises(CheckpointError, match=f"{tmp_path / 's.index'}: the .* is Snappy-compressed; reading "
+                                              "it needs `pip install cramjam`"):
+        read_index(tmp_path / "s")
+
+
 def test_unknown_reader_is_refused(parity):
     with pytest.raises(ValueError, match=r"reader must be one of \('native', 'tf'\), got 'pt'"):
         read_tf_checkpoint(str(parity / "tx_fac" / "ckpt" / "ckpt-1"), reader="pt")
@@ -191,3 +246,6 @@ def test_tensorflow_reader_agrees_bit_for_bit(parity, tmp_path):
         for key, value in part.items():
             got = ours.read(key)
             assert got.shape == value.shape and got.tolist() == value.tolist(), key
+    # and TensorFlow reads what the test writer writes: several shards, Snappy blocks, every dtype
+    write_bundle(tmp_path / "ours", many_arrays(), num_shards=3, block_size=256, snappy=True)
+    assert_same(tmp_path / "ours")
