@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vatt.checkpoint.convert_tf import read_tf_checkpoint
+
 KEY = "word_embeddings"
 
 # The globals a pickled {str: numpy.ndarray} needs (numpy 1.x and 2.x module paths); nothing else loads.
@@ -65,8 +67,6 @@ CHECKPOINT_KEYS = (
 
 def convert_word_table_from_checkpoint(prefix: str, out_path: str | Path, reader: str = "native") -> torch.Tensor:
     """Take the word table out of an official pre-training checkpoint into `out_path` (safetensors)."""
-    from vatt.checkpoint.convert_tf import read_tf_checkpoint
-
     arrays = read_tf_checkpoint(prefix, reader)
     found = [k for k in CHECKPOINT_KEYS if k in arrays]
     if not found:
