@@ -196,9 +196,13 @@ def test_snappy_compressed_index_blocks(tmp_path, monkeypatch):
         read_index(tmp_path / "s")
 
 
-def test_unknown_reader_is_refused(parity):
+def test_unknown_reader_is_refused_and_the_tf_reader_says_what_it_needs(parity, tmp_path, monkeypatch, capsys):
+    prefix = str(parity / "tx_fac" / "ckpt" / "ckpt-1")
     with pytest.raises(ValueError, match=r"reader must be one of \('native', 'tf'\), got 'pt'"):
-        read_tf_checkpoint(str(parity / "tx_fac" / "ckpt" / "ckpt-1"), reader="pt")
+        read_tf_checkpoint(prefix, reader="pt")
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as where TensorFlow is not installed
+    assert cli(["convert-tf", prefix, "--preset", "tx_fac_tiny", "--reader", "tf", "--out", str(tmp_path / "m")]) == 2
+    assert 'reader="tf" needs TensorFlow (pip install "vatt[tf]"); the default reader does not' in capsys.readouterr().err
 
 
 def test_tensorflow_reader_agrees_bit_for_bit(parity, tmp_path):
@@ -225,6 +229,9 @@ def test_tensorflow_reader_agrees_bit_for_bit(parity, tmp_path):
 
     for name in CHECKPOINTS:
         assert_same(parity / name)
+    prefix = str(parity / "tx_fac" / "ckpt" / "ckpt-1")
+    via_tf, native = read_tf_checkpoint(prefix, reader="tf"), read_tf_checkpoint(prefix)
+    assert sorted(via_tf) == sorted(native) and all(via_tf[k].tobytes() == native[k].tobytes() for k in native)
     assert_same(parity / "train_steps" / "ckpt" / "ckpt-4").read("optimizer/iter" + SUFFIX) == 4
     # Two shards, merged the way TF's sharded saver does, with the dtypes numpy shares with TF.
     rng = np.random.default_rng(0)
