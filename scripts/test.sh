@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The README's test command: make a virtualenv, install vatt with its test and TensorFlow extras, run the suite.
+# The README's test command: make a virtualenv, install vatt with its test extra, run the suite.
+# TensorFlow is not needed; the one test that cross-checks our checkpoint reader against TensorFlow's
+# runs when it is installed (VATT_TEST_EXTRAS=tf,dev adds it, as .ci/run does) and skips otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -8,5 +10,5 @@ pip install -q --upgrade pip
 # torch first, pinned: the CI machines' pip finds a local CPU wheel of this version. From PyPI alone a bare
 # `torch` requirement would pull the multi-GB CUDA build (see the README's Quickstart for the CPU index).
 pip install -q torch==2.13.0
-pip install -q -e ".[tf,dev]"
+pip install -q -e ".[${VATT_TEST_EXTRAS:-dev}]"
 python -m pytest -q "$@"

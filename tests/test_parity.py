@@ -1,6 +1,9 @@
 """The model reproduces the official TF outputs on ../shared/parity/official-tiny (weights converted by
-`vatt convert-tf` from the official checkpoints, in the test)."""
+`vatt convert-tf` from the official checkpoints, in the test, in a process where TensorFlow cannot be
+imported)."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,12 +22,33 @@ def parity():
     return shared_path("parity", "official-tiny")
 
 
-def convert(parity, name, tmp_path):
-    out = tmp_path / name
-    rc = cli(["convert-tf", str(parity / name / "ckpt" / "ckpt-1"), "--official-config",
-              str(parity / name / "config.json"), "--out", str(out)])
-    assert rc == 0
-    return vatt.load(out)
+# Conversion must not need TensorFlow: `import tensorflow` fails in the converting process.
+NO_TF_CONVERT = """
+import sys
+sys.modules["tensorflow"] = None  # any `import tensorflow` now raises ImportError
+from vatt.cli import main
+for name, prefix, config, out in {jobs!r}:
+    assert main(["convert-tf", prefix, "--official-config", config, "--out", out]) == 0, name
+assert sys.modules["tensorflow"] is None, "something replaced the tensorflow block"
+"""
+
+
+@pytest.fixture(scope="module")
+def converted(parity, tmp_path_factory):
+    """Every parity checkpoint converted once, by `vatt convert-tf` in a process without TensorFlow."""
+    root = tmp_path_factory.mktemp("converted")
+    jobs = [(name, str(parity / name / "ckpt" / "ckpt-1"), str(parity / name / "config.json"), str(root / name))
+            for name in FOLDERS]
+    # the checkpoint written after three training steps (model + Adam slots) holds the tx_fac model
+    jobs.append(("train_steps", str(parity / "train_steps" / "ckpt" / "ckpt-4"), str(parity / "tx_fac" / "config.json"),
+                 str(root / "train_steps")))
+    done = subprocess.run([sys.executable, "-c", NO_TF_CONVERT.format(jobs=jobs)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return root
+
+
+def convert(converted, name):
+    return vatt.load(converted / name)
 
 
 def assert_close(got: torch.Tensor, ref: np.ndarray, key: str):
@@ -35,8 +59,8 @@ def assert_close(got: torch.Tensor, ref: np.ndarray, key: str):
 
 
 @pytest.mark.parametrize("name", ["tx_fac", "ut_fac"])
-def test_pretraining_models(parity, name, tmp_path):
-    model = convert(parity, name, tmp_path)
+def test_pretraining_models(parity, converted, name):
+    model = convert(converted, name)
     inputs = np.load(parity / name / "inputs.npz")
     ref = np.load(parity / name / "outputs.npz")
     with torch.no_grad():
@@ -55,9 +79,9 @@ def test_pretraining_models(parity, name, tmp_path):
         assert_close(value, ref[key], key)
 
 
-def test_tx_fac_intermediates(parity, tmp_path):
+def test_tx_fac_intermediates(parity, converted):
     """Positional codes and T5 buckets/bias: the pieces whose quirks the spec lists."""
-    model = convert(parity, "tx_fac", tmp_path)
+    model = convert(converted, "tx_fac")
     inter = np.load(parity / "tx_fac" / "intermediates.npz")
     with torch.no_grad():
         assert_close(model.video_backbone.pos_embedding.code((2, 3, 2)), inter["video/pos_embedding_after_layernorm"],
@@ -73,8 +97,8 @@ def test_tx_fac_intermediates(parity, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["finetune_vit", "finetune_wat", "finetune_vit_from_ut"])
-def test_classifiers(parity, name, tmp_path):
-    model = convert(parity, name, tmp_path)
+def test_classifiers(parity, converted, name):
+    model = convert(converted, name)
     inputs = np.load(parity / name / "inputs.npz")
     ref = np.load(parity / name / "outputs.npz")
     inter = np.load(parity / name / "intermediates.npz")
@@ -95,6 +119,26 @@ def test_classifiers(parity, name, tmp_path):
             out = model(torch.from_numpy(inputs["images_interp"]))
         for key in ["logits", "probabilities", "features", "features_pooled"]:
             assert_close(getattr(out, key), inter[f"interp/{key}"], f"interp/{key}")
+
+
+def test_train_steps_checkpoint_converts_to_the_weights_after_step3(parity, converted):
+    """The checkpoint saved after three official training steps converts to exactly those weights."""
+    from vatt.checkpoint.convert_tf import SUFFIX, checkpoint_key_map
+
+    model = convert(converted, "train_steps")
+    state = model.state_dict()
+    after = np.load(parity / "train_steps" / "weights_after_step3.npz")
+    names = json.loads((parity / "train_steps" / "config.json").read_text())["variable_name_to_checkpoint_key"]
+    by_key = {names[v]["checkpoint_key"][: -len(SUFFIX)]: after[v] for v in after.files}
+    key_map = checkpoint_key_map(model, by_key)
+    for ours, src in key_map.items():
+        expected = np.ascontiguousarray(src.layout([by_key[k] for k in src.keys]))
+        np.testing.assert_array_equal(state[ours].numpy(), expected, err_msg=ours)
+    # every variable of the official model was compared (q/k/v kernels through our fused projection)
+    assert {k for src in key_map.values() for k in src.keys} == set(by_key)
+    # the step changed the weights: this is not the starting checkpoint again
+    start = convert(converted, "tx_fac").state_dict()
+    assert not torch.equal(start["head.audio_to_va.weight"], state["head.audio_to_va.weight"])
 
 
 def test_official_config_matches_presets_in_structure(parity):

@@ -12,7 +12,8 @@ moving_variance -> running_mean / running_var. Optimizer slots and bookkeeping e
 Supported sources: tx_fac pre-training (BBS / MBS / LBS), ut_fac pre-training (Medium), fine-tuned ViT and
 WaT classifiers, and a pre-training checkpoint loaded into a classifier (the video or audio backbone of a
 tx_fac checkpoint, or the unified backbone of a ut_fac checkpoint into a ViT/WaT with pre/post
-projections, as the official `restore.py` does). Reading needs TensorFlow: `pip install "vatt[tf]"`.
+projections, as the official `restore.py` does). Reading needs no TensorFlow (`tf_bundle.BundleReader`);
+TensorFlow's own reader stays available as a cross-check (`reader="tf"`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
+
+from vatt.checkpoint.tf_bundle import BundleReader, checkpoint_prefix
 
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 ROOT = "model/layer_with_weights-0"
@@ -271,23 +274,38 @@ def convert_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> tuple[dic
     return state, report
 
 
-def read_tf_checkpoint(prefix: str) -> dict[str, np.ndarray]:
-    """The model entries of a TF checkpoint (optimizer slots and bookkeeping skipped), suffix removed."""
+READERS = ("native", "tf")
+
+
+def read_tf_checkpoint(prefix: str, reader: str = "native") -> dict[str, np.ndarray]:
+    """The model entries of a TF checkpoint (optimizer slots and bookkeeping skipped), suffix removed.
+
+    `reader="native"` reads the tensor bundle with numpy (`vatt.checkpoint.tf_bundle`, no TensorFlow);
+    `reader="tf"` asks TensorFlow's own reader, as a cross-check.
+    """
+    prefix = checkpoint_prefix(prefix)
+    if reader == "native":
+        bundle = BundleReader(prefix)
+        return {k[: -len(SUFFIX)]: bundle.read(k) for k in bundle.keys() if _is_model_entry(k)}
+    if reader != "tf":
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
     # TF's start-up chatter is not ours to print; oneDNN only matters for TF's own maths, not for reading.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
-        import tensorflow as tf
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError('reading TensorFlow checkpoints needs TensorFlow: pip install "vatt[tf]"') from e
+        import tensorflow as tf  # optional: only the cross-check reader needs it
+    except ImportError as e:
+        raise ImportError('reader="tf" needs TensorFlow (pip install "vatt[tf]"); the default reader does not') from e
     try:
-        reader = tf.train.load_checkpoint(prefix)
+        tf_reader = tf.train.load_checkpoint(prefix)
     except Exception as e:  # TF raises NotFoundError / DataLossError with long messages
         raise FileNotFoundError(f"{prefix}: not a readable TensorFlow checkpoint prefix ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0]})") from e
-    return {k[: -len(SUFFIX)]: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if _is_model_entry(k)}
+    return {k[: -len(SUFFIX)]: tf_reader.get_tensor(k) for k in tf_reader.get_variable_to_shape_map()
+            if _is_model_entry(k)}
 
 
-def convert_tf_checkpoint(prefix: str, model: nn.Module) -> tuple[dict[str, torch.Tensor], ConversionReport]:
-    """Read an official TF checkpoint and map it onto `model`'s parameters."""
-    return convert_arrays(model, read_tf_checkpoint(prefix))
+def convert_tf_checkpoint(prefix: str, model: nn.Module,
+                          reader: str = "native") -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """Read an official TF checkpoint (with `reader`, see `read_tf_checkpoint`) and map it onto `model`."""
+    return convert_arrays(model, read_tf_checkpoint(prefix, reader))

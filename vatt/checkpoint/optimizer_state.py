@@ -13,7 +13,6 @@ The frozen word-embedding table has no slots (Keras does not train it), as it ha
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from vatt.checkpoint.convert_tf import SUFFIX, convert_arrays
+from vatt.checkpoint.tf_bundle import BundleReader, checkpoint_prefix
 
 SLOT = "/.OPTIMIZER_SLOT/optimizer/{}"
 ITERATIONS = "optimizer/iter"
@@ -29,20 +29,9 @@ ITERATIONS = "optimizer/iter"
 
 def read_tf_optimizer_state(prefix: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
     """(m slots, v slots, iterations) of an official checkpoint; slot keys are the variables' keys without
-    the suffix, as `read_tf_checkpoint` names the weights."""
-    # TF's start-up chatter is not ours to print. Reading only; TensorFlow is the optional [tf] extra.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    try:
-        import tensorflow as tf
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError('reading TensorFlow checkpoints needs TensorFlow: pip install "vatt[tf]"') from e
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-    except Exception as e:  # TF raises NotFoundError / DataLossError with long messages
-        raise FileNotFoundError(f"{prefix}: not a readable TensorFlow checkpoint prefix ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0]})") from e
-    keys = reader.get_variable_to_shape_map()
+    the suffix, as `read_tf_checkpoint` names the weights. Read with the TensorFlow-free bundle reader."""
+    bundle = BundleReader(checkpoint_prefix(prefix))
+    keys = bundle.keys()
     if ITERATIONS + SUFFIX not in keys:
         raise ValueError(f"{prefix}: no optimizer state (no {ITERATIONS}); it was not saved during training")
     slots: dict[str, dict[str, np.ndarray]] = {"m": {}, "v": {}}
@@ -50,10 +39,10 @@ def read_tf_optimizer_state(prefix: str) -> tuple[dict[str, np.ndarray], dict[st
         for name, table in slots.items():
             marker = SLOT.format(name) + SUFFIX
             if key.endswith(marker):
-                table[key[: -len(marker)]] = reader.get_tensor(key)
+                table[key[: -len(marker)]] = bundle.read(key)
     if not slots["m"]:
         raise ValueError(f"{prefix}: no Adam slots (.OPTIMIZER_SLOT/optimizer/m); only Adam state converts")
-    return slots["m"], slots["v"], int(reader.get_tensor(ITERATIONS + SUFFIX))
+    return slots["m"], slots["v"], int(bundle.read(ITERATIONS + SUFFIX))
 
 
 def convert_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, m: dict[str, np.ndarray],

@@ -4,6 +4,9 @@ The release ships it as a pickle. Unpickling runs code chosen by whoever wrote t
 it implicitly: `convert_word2vec_pickle(..., allow_pickle=True)` converts it once to safetensors, through
 an unpickler that only accepts what a numpy array in a dict needs, and every later load reads the
 safetensors file.
+
+The same table is also a (frozen) variable of every official pre-training checkpoint, so
+`convert_word_table_from_checkpoint` takes it from there instead: no pickle at all, and no TensorFlow.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
+
+from vatt.checkpoint.convert_tf import read_tf_checkpoint
 
 KEY = "word_embeddings"
 
@@ -51,6 +56,26 @@ def convert_word2vec_pickle(pickle_path: str | Path, out_path: str | Path, allow
     tensor = torch.from_numpy(table.copy())
     from vatt.checkpoint.io import write_weights  # atomic: a failed write leaves no partial file
     write_weights(out_path, {KEY: tensor}, what="word embeddings")
+    return tensor
+
+
+# Where the frozen table lives in official pre-training checkpoints (tx_fac, ut_fac), suffix removed.
+CHECKPOINT_KEYS = (
+    "model/layer_with_weights-0/_base_layer/txt_backbone/embedding/embeddings",
+    "model/layer_with_weights-0/_base_layer/unified_backbone/unified_transformer/raw_to_embeddings/text/embeddings",
+)
+
+
+def convert_word_table_from_checkpoint(prefix: str, out_path: str | Path, reader: str = "native") -> torch.Tensor:
+    """Take the word table out of an official pre-training checkpoint into `out_path` (safetensors)."""
+    arrays = read_tf_checkpoint(prefix, reader)
+    found = [k for k in CHECKPOINT_KEYS if k in arrays]
+    if not found:
+        raise ValueError(f"{prefix}: no word table in this checkpoint (looked for {' or '.join(CHECKPOINT_KEYS)}); "
+                         "fine-tuned classifier checkpoints have none")
+    table = np.asarray(arrays[found[0]], dtype=np.float32)
+    tensor = torch.from_numpy(table.copy())
+    save_file({KEY: tensor}, str(out_path))
     return tensor
 
 

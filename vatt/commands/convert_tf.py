@@ -7,8 +7,8 @@
         # a pre-training checkpoint with its Adam state -> runs/resumed/checkpoints/step_<iter>/, which
         # `vatt pretrain --resume --set run.output_dir=runs/resumed` continues where the official run stopped
 
-The checkpoint prefix is the path without `.index` / `.data-*` (e.g. `.../ckpt-500000`). Needs TensorFlow
-(`pip install "vatt[tf]"`) for reading only.
+The checkpoint prefix is the path without `.index` / `.data-*` (e.g. `.../ckpt-500000`). Reading needs no
+TensorFlow; `--reader tf` reads with TensorFlow's own reader instead (`pip install "vatt[tf]"`), as a cross-check.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "continues")
     p.add_argument("--vocab", help="the word vocabulary the checkpoint was trained with (official: howto100m_en.txt), "
                                    "saved in the folder as vocab.txt so that it can embed captions")
+    p.add_argument("--reader", choices=("native", "tf"), default="native",
+                   help="checkpoint reader: native (numpy, the default) or tf (TensorFlow's, needs vatt[tf])")
     p.add_argument("--allow-missing", action="store_true",
                    help="write the model even if some parameters have no source (e.g. a new classifier head "
                         "when converting a pre-training checkpoint into a classifier)")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("--num-classes only applies to classifier presets")
         cfg.num_classes = args.num_classes
     model = build_model(cfg)
-    state, report = convert_tf_checkpoint(args.checkpoint, model)
+    state, report = convert_tf_checkpoint(args.checkpoint, model, reader=args.reader)
     for r in report.resized:
         print(f"resized positional table {r}")
     if report.unexpected:
