@@ -2,6 +2,10 @@
 # The README's test command: make a virtualenv, install vatt with its test and TensorFlow extras, run the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The search page is tested in a real headless browser: Debian's chromium and its WebDriver.
+if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip

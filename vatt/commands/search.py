@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="search the pictures (default) or the soundtracks")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--model", help="the model folder, if it is no longer where the index was built from")
+    parser.add_argument("--vocab", help="word vocabulary for text queries, if the model folder has no vocab.txt")
     parser.add_argument("--device", default="cpu", help="torch device for the query (default cpu)")
 
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ValueError(f"-k must be >= 1, got {args.k}")
     video, start = parse_video(args.video) if args.video else (None, None)
-    index = Index.open(args.index, model_path=args.model, device=args.device)
+    index = Index.open(args.index, model_path=args.model, device=args.device, vocab=args.vocab)
     try:
         moments = index.search(args.text, audio=args.audio, video=video, video_start_s=start, k=args.k, in_=args.in_)
     except MediaError as e:

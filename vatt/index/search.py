@@ -31,6 +31,7 @@ import numpy as np
 from torch import nn
 
 from vatt.data import decoding, transforms
+from vatt.data.text import WordTokenizer
 from vatt.embed import clip_spec, embed_audio, embed_text, forward_modality
 from vatt.index import store
 
@@ -120,9 +121,10 @@ class Index:
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, model: nn.Module | None = None, model_path: str | None = None,
-             device: str = "cpu") -> "Index":
+             device: str = "cpu", vocab: str | None = None) -> "Index":
         """Open an index. The model that embeds queries is `model`, else loaded from `model_path`, else from
-        the folder the manifest names; it must be the model that built the index (same fingerprint)."""
+        the folder the manifest names; it must be the model that built the index (same fingerprint).
+        `vocab`: a word vocabulary file for a model folder without vocab.txt (text queries)."""
         index_dir = Path(index_dir)
         manifest = store.read_manifest(index_dir)
         if store.merge_journals(index_dir, manifest):
@@ -139,6 +141,7 @@ class Index:
         else:
             idx._model_path = model_path or manifest["model"].get("path")
             idx._device = device
+        idx._vocab = vocab
         return idx
 
     def __len__(self) -> int:
@@ -161,6 +164,8 @@ class Index:
                                         f"(--model / model_path=)")
             model = load(path, map_location=getattr(self, "_device", "cpu"))
             self._check_model(model)
+            if getattr(self, "_vocab", None):
+                model.tokenizer = WordTokenizer.from_vocab_file(self._vocab)
             self._model = model.eval()
         return self._model
 
