@@ -273,3 +273,40 @@ def test_bad_input_gives_a_clear_message(random_model, media, tmp_path, capsys):
            "built by another model")
     _fails(["index", str(other), str(media), "--out", str(idx)], capsys, "built by another model")
     _fails(["search", str(idx), "--video", f"{media / 'clip0.mp4'}@soon"], capsys, "FILE@SECONDS")
+
+
+# --------------------------------------------------------------------------------------------------
+# FAISS
+# --------------------------------------------------------------------------------------------------
+
+def test_ivf_recall_on_clustered_vectors():
+    from vatt.index.ann import build_ivf, recall_at
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, 32))
+    x = (centres[rng.integers(0, 50, 5000)] + 0.3 * rng.normal(size=(5000, 32))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ivf = build_ivf(x)
+    assert ivf.nlist == 128 and ivf.nprobe == 8
+    assert recall_at(ivf, x, x[:100]) >= 0.9
+    ivf.nprobe = 1
+    assert recall_at(ivf, x, x[:100]) < 1.0  # the measure sees what a coarser search misses
+
+
+def test_ann_index_is_built_used_and_dropped_when_stale(random_model, media, tmp_path, capsys):
+    idx = tmp_path / "idx"
+    assert main(["index", str(random_model), str(media / "clip0.mp4"), str(media / "clip4.mp4"), "--out", str(idx),
+                 "--workers", "0", "--ann"]) == 0
+    assert "recall@10 against exact search 100.0 %" in capsys.readouterr().out
+    manifest = json.loads((idx / "manifest.json").read_text())
+    assert set(manifest["ann"]["columns"]) == {"video_va", "video_vt", "audio_va", "audio_vt"}
+    index = Index.open(idx)
+    assert set(index.ann) == set(manifest["ann"]["columns"])
+    query = dict(video=media / "clip4.mp4", video_start_s=1.0, k=3)
+    approx, exact = index.search(**query), index.search(**query, exact=True)
+    assert [m.as_dict() for m in approx][:1] == [m.as_dict() for m in exact][:1]
+    s, scored = index.scores(*index.embed_query(video=media / "clip4.mp4"), candidates=5)
+    assert scored.sum() == 5  # only FAISS's candidates were scored
+    build_index(vatt.load(random_model), [media / "clip0.mp4"], idx, model_path=str(random_model))
+    assert json.loads((idx / "manifest.json").read_text())["ann"] is None and not (idx / "ann").exists()
+    assert Index.open(idx).ann == {}

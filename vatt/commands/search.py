@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in", dest="in_", default="video", choices=["video", "audio"],
                         help="search the pictures (default) or the soundtracks")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--exact", action="store_true",
+                        help="score every window even if the index has FAISS indexes (vatt index --ann)")
     parser.add_argument("--model", help="the model folder, if it is no longer where the index was built from")
     parser.add_argument("--vocab", help="word vocabulary for text queries, if the model folder has no vocab.txt")
     parser.add_argument("--device", default="cpu", help="torch device for the query (default cpu)")
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     video, start = parse_video(args.video) if args.video else (None, None)
     index = Index.open(args.index, model_path=args.model, device=args.device, vocab=args.vocab)
     try:
-        moments = index.search(args.text, audio=args.audio, video=video, video_start_s=start, k=args.k, in_=args.in_)
+        moments = index.search(args.text, audio=args.audio, video=video, video_start_s=start, k=args.k, in_=args.in_,
+                               exact=True if args.exact else None)
     except MediaError as e:
         raise media_error(e, "") from None
     if args.json:

@@ -33,6 +33,7 @@ from vatt.data.errors import MediaError
 from vatt.distributed import get_rank, get_world_size, is_distributed
 from vatt.embed import DEFAULT_FPS, clip_spec, forward_modality, list_media
 from vatt.index import store
+from vatt.index.ann import build_ann, remove_ann
 from vatt.index.windows import Segment, SegmentDataset, plan_segments
 
 Progress = Callable[[int, int], None]
@@ -210,12 +211,15 @@ def build_index(model: nn.Module, inputs: Sequence[str | os.PathLike], index_dir
                 model_path: str | None = None, stride_s: float | None = None, fps: float = DEFAULT_FPS,
                 batch_size: int = 8, precision: str = "fp32", num_workers: int = 0, shard_windows: int = 4096,
                 progress: Progress | None = None, path_column: str | None = None, root: str | None = None,
-                ) -> BuildReport:
+                ann: bool = False) -> BuildReport:
     """Index the windows of the media files named by `inputs` (files, folders, manifests, as `vatt embed`).
 
     stride_s: seconds between window starts (default: half the clip). shard_windows: windows per shard
     (a shard holds whole files, so it may be larger). Undecodable files are recorded in the manifest's
     "errors" with their reason and skipped; they are tried again only when they change.
+    ann: also build FAISS indexes for approximate search (`vatt.index.ann`), with their recall@10
+    against exact search in `report.manifest["ann"]`. Without it, FAISS indexes that no longer match
+    the shards are removed.
     """
     check_model(model)
     if batch_size < 1 or shard_windows < 1:
@@ -322,6 +326,11 @@ def build_index(model: nn.Module, inputs: Sequence[str | os.PathLike], index_dir
         store.merge_journals(index_dir, manifest)
         store.write_manifest(index_dir, manifest)
         store.remove_journals(index_dir)
+        if ann:
+            build_ann(index_dir, manifest)
+        elif manifest.get("ann") and manifest["ann"].get("shards") != sorted(manifest["shards"]):
+            remove_ann(index_dir, manifest)
+            store.write_manifest(index_dir, manifest)
         report.manifest = manifest
     _barrier()
     if rank != 0:

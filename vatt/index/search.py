@@ -34,6 +34,7 @@ from vatt.data import decoding, transforms
 from vatt.data.text import WordTokenizer
 from vatt.embed import clip_spec, embed_audio, embed_text, forward_modality
 from vatt.index import store
+from vatt.index.ann import load_ann
 
 SPACES = {("text", "video"): ("vt", "video_vt"), ("text", "audio"): ("vt", "audio_vt"),
           ("audio", "video"): ("va", "video_va"), ("audio", "audio"): ("va", "audio_va"),
@@ -118,6 +119,7 @@ class Index:
         audio_end = np.minimum(self.starts + audio_clip, last)
         self.ends = {"video": video_end, "audio": np.where(has_video, audio_end, video_end)}
         self._vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._ann: dict | None = None
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike, model: nn.Module | None = None, model_path: str | None = None,
@@ -204,8 +206,20 @@ class Index:
         x = transforms.eval_video_transform(clip.frames, spec.size)[None]
         return "video", forward_modality(model.eval(), "video", x)["va"][0].numpy()
 
-    def scores(self, kind: str, query: np.ndarray, in_: str = "video") -> tuple[np.ndarray, np.ndarray]:
-        """Cosine similarity of every window to a query embedding, and which windows have the column."""
+    @property
+    def ann(self) -> dict:
+        """The FAISS indexes built by `vatt index --ann` ({} if none, or if they no longer match the shards)."""
+        if self._ann is None:
+            self._ann = load_ann(self.dir, self.manifest)
+        return self._ann
+
+    def scores(self, kind: str, query: np.ndarray, in_: str = "video", exact: bool | None = None,
+               candidates: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarity of the windows to a query embedding, and which windows were scored.
+
+        exact=None uses the FAISS index when there is one for the column (then only its best `candidates`
+        windows are scored); exact=True always scores every window with one matrix product.
+        """
         if in_ not in ("video", "audio"):
             raise ValueError(f"in_ must be 'video' or 'audio', got {in_!r}")
         column = SPACES[(kind, in_)][1]
@@ -215,14 +229,26 @@ class Index:
         q = _normalise(np.asarray(query, dtype=np.float32).reshape(-1))
         if q.shape[0] != x.shape[1]:
             raise ValueError(f"query has {q.shape[0]} dimensions, the index's {column} has {x.shape[1]}")
+        if not exact and column in self.ann:
+            sims, ids = self.ann[column].search(q[None], min(candidates, len(self)))
+            keep = ids[0] >= 0
+            s = np.full(len(self), -np.inf, dtype=np.float32)
+            s[ids[0][keep]] = sims[0][keep]
+            scored = np.zeros(len(self), dtype=bool)
+            scored[ids[0][keep]] = True
+            scored &= valid
+            return np.where(scored, s, -np.inf), scored
         s = x @ q
         return np.where(valid, s, -np.inf), valid
 
     def search(self, text: str | None = None, *, audio=None, video=None, video_start_s: float | None = None,
-               k: int = 10, in_: str = "video") -> list[Moment]:
-        """The k best moments for a query (see the module doc for the spaces and the merging)."""
+               k: int = 10, in_: str = "video", exact: bool | None = None) -> list[Moment]:
+        """The k best moments for a query (see the module doc for the spaces and the merging).
+
+        With FAISS indexes (`vatt index --ann`) the moments are formed from the best 2000 windows FAISS
+        finds, unless exact=True."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         kind, q = self.embed_query(text=text, audio=audio, video=video, video_start_s=video_start_s)
-        s, valid = self.scores(kind, q, in_)
+        s, valid = self.scores(kind, q, in_, exact=exact)
         return merge_moments(s, self.paths, self.windows, self.starts, self.ends[in_], k, valid)

@@ -45,6 +45,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,7 @@ def remove_orphans(index_dir: Path, manifest: dict) -> list[str]:
             path.unlink()
             removed.append(path.name)
     for path in Path(index_dir).glob(".*.tmp"):
-        path.unlink()
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return removed
 
 
