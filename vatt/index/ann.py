@@ -7,8 +7,8 @@ the index itself and written into the manifest (`"ann"`). Search then asks FAISS
 `candidates` windows and forms moments from those. Any later change of the index (a run of `vatt index`
 without --ann that adds or drops files) removes the FAISS files, so they are never stale.
 
-Coarse quantiser: `nlist` = 4·sqrt(rows) lists (at most rows / 39, FAISS's minimum training points per
-list), trained by k-means on up to 256 points per list; `nprobe` lists are scanned per query.
+Coarse quantiser: `nlist` = sqrt(rows) lists (at most rows / 39, FAISS's minimum training points per
+list), trained by k-means on up to 64 points per list; nlist / 16 lists are scanned per query (`nprobe`).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _faiss():
 
 
 def choose_nlist(rows: int) -> int:
-    return max(1, min(int(4 * math.sqrt(rows)), rows // 39))
+    return max(1, min(int(math.sqrt(rows)), rows // 39))
 
 
 def build_ivf(x: np.ndarray, nlist: int | None = None, nprobe: int | None = None, seed: int = 0):
@@ -43,7 +43,7 @@ def build_ivf(x: np.ndarray, nlist: int | None = None, nprobe: int | None = None
     quantizer = faiss.IndexFlatIP(d)
     ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    sample = x[rng.choice(n, size=min(n, 256 * nlist), replace=False)] if n > 256 * nlist else x
+    sample = x[rng.choice(n, size=64 * nlist, replace=False)] if n > 64 * nlist else x
     ivf.cp.seed = seed
     ivf.train(np.ascontiguousarray(sample))
     ivf.add(np.ascontiguousarray(x))

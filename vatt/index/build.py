@@ -211,10 +211,11 @@ def build_index(model: nn.Module, inputs: Sequence[str | os.PathLike], index_dir
                 model_path: str | None = None, stride_s: float | None = None, fps: float = DEFAULT_FPS,
                 batch_size: int = 8, precision: str = "fp32", num_workers: int = 0, shard_windows: int = 4096,
                 progress: Progress | None = None, path_column: str | None = None, root: str | None = None,
-                ann: bool = False) -> BuildReport:
+                where: dict | None = None, ann: bool = False) -> BuildReport:
     """Index the windows of the media files named by `inputs` (files, folders, manifests, as `vatt embed`).
 
-    stride_s: seconds between window starts (default: half the clip). shard_windows: windows per shard
+    stride_s: seconds between window starts (default: half the clip). where: keep manifest rows whose
+    column has one of the values, as `vatt embed --where`. shard_windows: windows per shard
     (a shard holds whole files, so it may be larger). Undecodable files are recorded in the manifest's
     "errors" with their reason and skipped; they are tried again only when they change.
     ann: also build FAISS indexes for approximate search (`vatt.index.ann`), with their recall@10
@@ -231,7 +232,7 @@ def build_index(model: nn.Module, inputs: Sequence[str | os.PathLike], index_dir
     proto = protocol(model, stride_s, fps)
     model_info = {"path": os.path.abspath(model_path) if model_path else None,
                   "fingerprint": store.model_fingerprint(model), "kind": model.config.kind}
-    entries = list_media(inputs, path_column=path_column, root=root)
+    entries = list_media(inputs, path_column=path_column, root=root, where=where)
     paths = sorted(dict.fromkeys(os.path.abspath(e.path) for e in entries))
     report = BuildReport(index_dir=str(index_dir))
 
