@@ -66,8 +66,6 @@ def remove_ann(index_dir: Path, manifest: dict) -> None:
 
 def build_ann(index_dir: Path, manifest: dict, num_queries: int = 200, seed: int = 0) -> dict:
     """Build the FAISS indexes of an index (rank 0, after the shards are committed); returns manifest["ann"]."""
-    from vatt.index.search import _normalise
-
     faiss = _faiss()
     index_dir = Path(index_dir)
     table = store.read_shards(index_dir, sorted(manifest["shards"]))
@@ -87,7 +85,7 @@ def build_ann(index_dir: Path, manifest: dict, num_queries: int = 200, seed: int
         x, valid = store.vectors(table, column)
         if not valid.any():
             continue
-        x = _normalise(x)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         x[~valid] = 0.0  # rows without this modality: a zero vector never scores above a real match
         ivf = build_ivf(x, seed=seed)
         queries = x[rng.choice(np.flatnonzero(valid), size=min(num_queries, int(valid.sum())), replace=False)]

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vatt.checkpoint.io import load
 from vatt.data.sample_data import CLASSES
 from vatt.embed import read_manifest_entries
+from vatt.index.build import build_index
 from vatt.index.search import Index
 
 TEXT_TEMPLATE = "something {colour} shaped like a {shape}"
@@ -27,10 +29,7 @@ TEXT_TEMPLATE = "something {colour} shaped like a {shape}"
 
 def index_heldout(model_dir: str | os.PathLike, manifest: str | os.PathLike, index_dir: str | os.PathLike) -> Index:
     """Index the held-out clips of a sample manifest (split = test) with a model folder; open it."""
-    import vatt
-    from vatt.index.build import build_index
-
-    model = vatt.load(model_dir)
+    model = load(model_dir)
     build_index(model, [manifest], index_dir, model_path=os.fspath(model_dir), where={"split": "test"})
     return Index.open(index_dir, model=model)
 

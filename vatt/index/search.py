@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from vatt.checkpoint.io import load
 from vatt.data import decoding, transforms
 from vatt.data.text import WordTokenizer
 from vatt.embed import clip_spec, embed_audio, embed_text, forward_modality
@@ -158,8 +159,6 @@ class Index:
     @property
     def model(self) -> nn.Module:
         if self._model is None:
-            from vatt.checkpoint.io import load
-
             path = self._model_path
             if not path or not Path(path).is_dir():
                 raise FileNotFoundError(f"the model that built {self.dir} is not at {path}; pass its folder "

@@ -2,7 +2,8 @@
 
     INDEX/
       manifest.json             what the index is (format below); written last, atomically
-      shards/r000-000001.parquet  one row per window; written to a temporary name and renamed
+      shards/r000-<id>.parquet  one row per window (r000: written by rank 0; c-<id>: rewritten without
+                                dropped files); written to a temporary name and renamed
       journal-r000.json         shards a run has committed that manifest.json does not list yet
 
 A shard holds whole files (the windows of one file never span two shards). A run commits each shard
@@ -162,17 +163,13 @@ def merge_journals(index_dir: Path, manifest: dict) -> bool:
         found = True
         record = json.loads(path.read_text())
         for path_, entry in record["files"].items():
-            _drop_file(manifest, path_)
+            manifest["errors"].pop(path_, None)
             manifest["files"][path_] = entry
         for path_, entry in record["errors"].items():
             manifest["files"].pop(path_, None)
             manifest["errors"][path_] = entry
         manifest["shards"].update(record["shards"])
     return found
-
-
-def _drop_file(manifest: dict, path: str) -> None:
-    manifest["errors"].pop(path, None)
 
 
 def remove_journals(index_dir: Path) -> None:
