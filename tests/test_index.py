@@ -1,6 +1,8 @@
 """vatt.index and `vatt index` / `vatt search`: windows, moments, resume after SIGKILL, updates, torchrun."""
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -183,6 +185,20 @@ def test_adding_removing_and_changing_files_updates_the_index(random_model, tmp_
     assert report.embedded_files == 0 and report.dropped_files == []
 
 
+def test_shards_and_files_left_by_a_killed_run_are_removed(random_model, media, tmp_path):
+    model = vatt.load(random_model)
+    build_index(model, [media], tmp_path / "idx", model_path=str(random_model), shard_windows=1)
+    before = rows(tmp_path / "idx")
+    shards = sorted((tmp_path / "idx" / "shards").iterdir())
+    # a shard renamed into place whose commit never happened, and a half-written temporary file
+    shutil.copy(shards[0], shards[0].with_name("r007-stray.parquet"))
+    (tmp_path / "idx" / ".r007-other.parquet.123.tmp").write_bytes(b"PAR1 half")
+    report = build_index(model, [media], tmp_path / "idx", model_path=str(random_model))
+    assert report.removed_orphans == ["r007-stray.parquet"] and report.embedded_files == 0
+    assert not list((tmp_path / "idx").glob(".*.tmp"))
+    assert_same_rows(rows(tmp_path / "idx"), before)
+
+
 def _index_cmd(model, inputs, out, *extra):
     return [sys.executable, "-m", "vatt", "index", str(model), *map(str, inputs), "--out", str(out),
             "--workers", "0", *extra]
@@ -203,7 +219,12 @@ def test_a_run_killed_part_way_resumes_with_the_same_rows(random_model, media, t
     proc.wait()
     committed = len(list(shards.glob("*.parquet")))
     assert 2 <= committed < 5  # killed part-way
-    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Files whose shard was committed before the kill are not embedded again (one file per shard here; the
+    # last shard may have been renamed but not yet committed: that one is embedded again).
+    embedded_now = int(re.search(r"embedded now\s+(\d+)", resumed.stdout).group(1))
+    assert 5 - committed <= embedded_now <= 5 - committed + 1
     manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
     assert manifest["counts"]["files"] == 5
     assert not list((tmp_path / "killed").glob("journal-*")) and not list((tmp_path / "killed").glob(".*tmp"))
