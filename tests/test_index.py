@@ -167,6 +167,24 @@ def test_index_layout_is_readable_without_vatt(random_model, media, tmp_path):
     assert row["end_s"] - row["start_s"] == pytest.approx(0.8)
 
 
+def test_real_files_with_and_without_sound_and_sound_only(random_model, tmp_path):
+    from conftest import shared_path
+
+    silent = shared_path("data", "real-video-clips", "arm_wrestling.mp4")  # no audio stream
+    speech = shared_path("data", "audio-text-pairs", "jfk.flac")  # audio only
+    build_index(vatt.load(random_model), [silent, speech], tmp_path / "idx", model_path=str(random_model))
+    index = Index.open(tmp_path / "idx")
+    by_file = {}
+    for r in index.table.select(["path", "has_video", "has_audio", "thumbnail", "end_s", "start_s"]).to_pylist():
+        by_file.setdefault(Path(r["path"]).name, []).append(r)
+    assert all(r["has_video"] and not r["has_audio"] and r["thumbnail"] for r in by_file["arm_wrestling.mp4"])
+    assert all(not r["has_video"] and r["has_audio"] and r["thumbnail"] is None for r in by_file["jfk.flac"])
+    assert by_file["jfk.flac"][0]["end_s"] - by_file["jfk.flac"][0]["start_s"] == pytest.approx(3.2)  # an audio clip
+    # sound is searched where there is sound, pictures where there are pictures
+    assert {Path(m.path).name for m in index.search(audio=speech, in_="audio", k=5)} == {"jfk.flac"}
+    assert {Path(m.path).name for m in index.search(video=silent, k=5)} == {"arm_wrestling.mp4"}
+
+
 def test_adding_removing_and_changing_files_updates_the_index(random_model, tmp_path):
     folder = tmp_path / "media"
     for i in range(3):
