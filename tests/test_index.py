@@ -168,7 +168,7 @@ def test_index_layout_is_readable_without_vatt(random_model, media, tmp_path):
 
 
 def test_real_files_with_and_without_sound_and_sound_only(random_model, tmp_path):
-    from conftest import shared_path
+    from tests.conftest import shared_path
 
     silent = shared_path("data", "real-video-clips", "arm_wrestling.mp4")  # no audio stream
     speech = shared_path("data", "audio-text-pairs", "jfk.flac")  # audio only

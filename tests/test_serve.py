@@ -16,7 +16,7 @@ from vatt.data.sample_data import describe_clip
 from vatt.data.text import WordTokenizer
 from vatt.index import Index, build_index
 
-from test_index import write_clip
+from tests.test_index import write_clip
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
