@@ -54,7 +54,14 @@ def serve(index, host: str, port: int, open_browser: bool = False, log=print) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from vatt.index import Index
+
+    missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"vatt serve needs {', '.join(missing)}: pip install 'vatt[search]' "
+                          f"(in a checkout: pip install -e \".[search]\")")
 
     check_port(args.host, args.port)
     index = Index.open(args.index, model_path=args.model, device=args.device, vocab=args.vocab)

@@ -26,8 +26,10 @@ COLUMNS = ("video_va", "video_vt", "audio_va", "audio_vt")
 
 
 def _faiss():
-    import faiss  # optional dependency (the `search` extra); only --ann needs it
-
+    try:
+        import faiss  # optional dependency (the `search` extra); only --ann needs it
+    except ImportError:
+        raise ImportError("approximate search (--ann) needs faiss-cpu: pip install 'vatt[search]'") from None
     return faiss
 
 
