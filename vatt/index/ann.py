@@ -102,9 +102,13 @@ def build_ann(index_dir: Path, manifest: dict, num_queries: int = 200, seed: int
 
 
 def load_ann(index_dir: Path, manifest: dict) -> dict:
-    """{column: FAISS index} when the manifest's ANN indexes match its shards, else {}."""
+    """{column: FAISS index} when the manifest's ANN indexes match its shards (and faiss is installed), else {}:
+    search is then exact."""
     info = manifest.get("ann")
     if not info or info.get("shards") != sorted(manifest["shards"]):
         return {}
-    faiss = _faiss()
+    try:
+        faiss = _faiss()
+    except ImportError:
+        return {}
     return {c: faiss.read_index(str(Path(index_dir) / ANN_DIR / f"{c}.faiss")) for c in info["columns"]}
