@@ -4,6 +4,10 @@
 # runs when it is installed (VATT_TEST_EXTRAS=tf,dev adds it, as .ci/run does) and skips otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The search page is tested in a real headless browser: Debian's chromium and its WebDriver.
+if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip

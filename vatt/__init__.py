@@ -19,6 +19,7 @@ _LAZY = {
     "save": ("vatt.checkpoint.io", "save"),
     "configs": ("vatt.configs", None),
     "get_preset": ("vatt.configs", "get_preset"),
+    "Index": ("vatt.index.search", "Index"),
 }
 
 __all__ = list(_LAZY)

@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("vatt.commands.embed", "write embeddings of video, audio or text files"),
     "eval": ("vatt.commands.evaluate", "evaluation protocols: retrieval, linear-probe"),
     "visualize": ("vatt.commands.visualize", "t-SNE / PCA pictures of features and similarity heat maps"),
+    "index": ("vatt.commands.index", "index the windows of media files for search by text, sound or example"),
+    "search": ("vatt.commands.search", "find moments in an index by a sentence, a sound or a video clip"),
+    "serve": ("vatt.commands.serve", "a local search page over an index (needs the search extra)"),
 }
 
 

@@ -3,10 +3,12 @@
     vatt demo                      # ~5 minutes on a 2-core CPU: sample data, pre-training (4 min), evaluation
     vatt demo --minutes 8 --out runs/demo8
     vatt demo --steps 600          # a fixed number of steps instead of a time budget (reproducible)
+    vatt demo --serve              # then the search page on the held-out clips (http://127.0.0.1:8000)
 
 Prints a table of zero-shot text->video and audio->video retrieval (R@1, R@5, median rank) and a linear
 probe on held-out clips, for the pre-trained and the randomly initialised model, beside chance; writes
 results.json and t-SNE pictures of the video features (tsne_pretrained.png, tsne_random_init.png).
+Then indexes the held-out clips (index/) and prints a search by a sentence and by a sound.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                         help="auto (default): bf16 autocast where the CPU computes bf16 fast")
+    parser.add_argument("--serve", action="store_true",
+                        help="then open the search page (vatt serve) on the indexed held-out clips")
+    parser.add_argument("--port", type=int, default=8000, help="port of the search page with --serve (default 8000)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,4 +61,28 @@ def run(args: argparse.Namespace) -> int:
     if not all_better(result):
         print("note: the pre-trained model did not beat random initialisation on every metric "
               "(a longer --minutes usually fixes that)")
+    search_demo(args, result)
     return 0
+
+
+def search_demo(args: argparse.Namespace, result) -> None:
+    """Index the held-out clips with the pre-trained model, print a search by a sentence and by a sound."""
+    import shutil
+    from pathlib import Path
+
+    from vatt.index.quality import demo_searches, index_heldout
+
+    if args.serve:
+        from vatt.commands.serve import check_port
+        check_port("127.0.0.1", args.port)
+    index_dir = Path(args.out) / "index"
+    shutil.rmtree(index_dir, ignore_errors=True)  # this run's model: a new index
+    index = index_heldout(result.files["checkpoint"], Path(args.out) / "data" / "manifest.csv", index_dir)
+    print()
+    print(f"indexed the {result.num_heldout} held-out clips into {index_dir} ({len(index)} windows); "
+          f"search it with `vatt search {index_dir} \"a sentence\"` or `vatt serve {index_dir}`")
+    for line in demo_searches(index, Path(args.out) / "data" / "manifest.csv"):
+        print(line)
+    if args.serve:
+        from vatt.commands.serve import serve
+        serve(index, "127.0.0.1", args.port, open_browser=True)
