@@ -129,7 +129,8 @@ def test_commands_stop_with_a_message_and_keep_what_was_there(tmp_path, disk_ful
     from vatt.train.loop import pretrain
     disk_full(None)
     out = tmp_path / "run"
-    cfg = tiny_config(out, "optim.total_steps=2", "checkpoint.every_steps=2", "log.every_steps=100")
+    cfg = tiny_config(out, "optim.warmup_steps=1", "optim.total_steps=2", "checkpoint.every_steps=2",
+                      "log.every_steps=100")
     pretrain(cfg, train_dataset=SynthClips(16), collate_fn=collate)
     disk_full(2000)  # enough to rewrite metrics.jsonl at the resume, not for the next checkpoint
     cfg = tiny_config(out, "optim.total_steps=4", "checkpoint.every_steps=2", "log.every_steps=100")

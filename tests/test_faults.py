@@ -174,7 +174,7 @@ def test_finetuning_worker_death_stops_with_a_message_and_resumes(tmp_path, shar
     out = tmp_path / "run"
     args = ["finetune", "--config", str(ROOT / "configs" / "finetune_sample_tiny.yaml"),
             "--set", f"data.train={shards[0] / 'manifest.csv'}", "--set", f"run.output_dir={out}",
-            "--set", "optim.total_steps=6", "--set", "data.batch_size=2", "--set", "data.num_workers=1",
+            "--set", "optim.total_steps=6", "--set", "optim.warmup_steps=1", "--set", "data.batch_size=2", "--set", "data.num_workers=1",
             "--set", "checkpoint.every_steps=2", "--set", "data.num_windows_test=1", "--set", "eval.every_steps=0"]
     # The worker dies at its 18th file opening (2 per clip: probe and decode), in the 5th batch: the main
     # process, which asks for a batch two ahead, has taken the 3rd, so step 2 and its checkpoint are done.

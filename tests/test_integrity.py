@@ -120,7 +120,8 @@ def test_weights_that_do_not_fit_the_config_are_refused(folder):
 
 
 def _run(out, total, **kw):
-    cfg = tiny_config(out, f"optim.total_steps={total}", "checkpoint.every_steps=2", "checkpoint.keep_last=3")
+    cfg = tiny_config(out, "optim.warmup_steps=1", f"optim.total_steps={total}", "checkpoint.every_steps=2",
+                      "checkpoint.keep_last=3")
     return pretrain(cfg, train_dataset=SynthClips(16), collate_fn=collate, **kw)
 
 
