@@ -373,3 +373,35 @@ def test_the_demo_model_finds_the_class_of_a_sound_among_held_out_clips(trained_
     # The demo model has learnt which pictures go with a sound: above chance (1/16) at finding the class.
     quality = search_quality(index, manifest)
     assert quality["sound in pictures"] > 2 / 16, quality
+
+
+def test_a_full_disk_stops_indexing_and_keeps_the_index(random_model, media, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import vatt.atomic
+
+    model = vatt.load(random_model)
+    folder = tmp_path / "media"
+    shutil.copytree(media, folder)
+    build_index(model, [folder], tmp_path / "idx", model_path=str(random_model))
+    before = rows(tmp_path / "idx")
+    manifest = (tmp_path / "idx" / "manifest.json").read_bytes()
+    write_clip(folder / "new.mp4", 7, seconds=2.0)
+
+    def full(f, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vatt.atomic, "_write", full)
+    with pytest.raises(vatt.atomic.WriteFailed, match="No space left on device"):
+        build_index(model, [folder], tmp_path / "idx", model_path=str(random_model))
+    assert main(["index", str(random_model), str(folder), "--out", str(tmp_path / "idx"), "--workers", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "vatt index: error: could not write index" in err and "No space left on device" in err
+    assert "Traceback" not in err
+    monkeypatch.undo()
+    # nothing partial: the manifest is the previous one, no temporary is left, the rows are the old ones
+    assert (tmp_path / "idx" / "manifest.json").read_bytes() == manifest
+    assert not [p for p in (tmp_path / "idx").rglob("*") if p.name.startswith(".tmp-")]
+    assert_same_rows(rows(tmp_path / "idx"), before)
+    report = build_index(model, [folder], tmp_path / "idx", model_path=str(random_model))
+    assert report.embedded_files == 1 and len(rows(tmp_path / "idx")) > len(before)

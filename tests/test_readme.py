@@ -89,6 +89,7 @@ def snippet_dir(tmp_path_factory):
     from vatt.checkpoint.word2vec import KEY, word_embedding_parameter
     from vatt.data.sample_data import SampleDataConfig, write_sample_dataset
     from vatt.data.text import WordTokenizer
+    from vatt.index import build_index
 
     d = tmp_path_factory.mktemp("readme_python")
     long = write_sample_dataset(d / "long", num_clips=2, seed=0, config=SampleDataConfig(duration_s=16.0),
@@ -105,6 +106,8 @@ def snippet_dir(tmp_path_factory):
     (d / "misc").mkdir()
     table = torch.randn_like(word_embedding_parameter(model))
     save_file({KEY: table.contiguous()}, str(d / "misc" / "word2vec.safetensors"))
+    build_index(vatt.load(d / "converted" / "bbs"), [d / "a.mp4", d / "b.mp4"], d / "my_index",
+                model_path=str(d / "converted" / "bbs"), num_workers=0)
     return d
 
 

@@ -23,7 +23,6 @@ from typing import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,9 +101,7 @@ def _compact(index_dir: Path, manifest: dict, drop: set[str]) -> None:
         old.append(name)
         if kept.num_rows:
             new = f"c-{uuid.uuid4().hex[:12]}.parquet"
-            tmp = index_dir / f".{new}.{os.getpid()}.tmp"
-            pq.write_table(kept, tmp)
-            os.replace(tmp, index_dir / store.SHARDS / new)
+            store.write_table(index_dir, new, kept)
             paths = sorted(set(kept["path"].to_pylist()))
             manifest["shards"][new] = {"rows": kept.num_rows, "files": paths}
             for p in paths:

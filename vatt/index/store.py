@@ -3,7 +3,7 @@
     INDEX/
       manifest.json             what the index is (format below); written last, atomically
       shards/r000-<id>.parquet  one row per window (r000: written by rank 0; c-<id>: rewritten without
-                                dropped files); written to a temporary name and renamed
+                                dropped files); written to a hidden temporary beside it and renamed
       journal-r000.json         shards a run has committed that manifest.json does not list yet
 
 A shard holds whole files (the windows of one file never span two shards). A run commits each shard
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from dataclasses import asdict, is_dataclass
@@ -56,6 +55,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from vatt.atomic import write_bytes
+
 FORMAT = "vatt-index"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -65,13 +66,8 @@ _JOURNAL = re.compile(r"^journal-r(\d+)\.json$")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, flush to disk, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace `path` with `data` through `vatt.atomic` (a failed write raises `WriteFailed`, nothing partial)."""
+    write_bytes(path, data, what="index")
 
 
 def atomic_write_json(path: Path, record: Any) -> None:
@@ -186,7 +182,9 @@ def remove_orphans(index_dir: Path, manifest: dict) -> list[str]:
         if path.name not in manifest["shards"]:
             path.unlink()
             removed.append(path.name)
-    for path in Path(index_dir).glob(".*.tmp"):
+    # Temporaries of a killed writer: `.tmp-*` of vatt.atomic (beside the manifest, journals and shards),
+    # `.*.tmp` of the FAISS build.
+    for path in [*Path(index_dir).glob(".*.tmp"), *Path(index_dir).glob(".tmp-*")]:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     return removed
 
@@ -226,15 +224,14 @@ def write_shard(index_dir: Path, name: str, rows: list[dict]) -> None:
     for key in EMBEDDING_COLUMNS:
         columns[key] = _vector_column(rows, key)
     columns["thumbnail"] = pa.array([r.get("thumbnail") for r in rows], pa.binary())
-    table = pa.table(columns)
-    shard_dir = Path(index_dir) / SHARDS
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    final = shard_dir / name
-    tmp = Path(index_dir) / f".{name}.{os.getpid()}.tmp"
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    write_table(index_dir, name, pa.table(columns))
+
+
+def write_table(index_dir: Path, name: str, table: pa.Table) -> None:
+    """Write `table` as `shards/<name>` through `vatt.atomic` (hidden temporary beside it, then a rename)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_bytes(Path(index_dir) / SHARDS / name, sink.getvalue().to_pybytes(), what="index shard")
 
 
 def read_shards(index_dir: Path, names, columns: list[str] | None = None) -> pa.Table | None:
