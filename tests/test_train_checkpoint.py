@@ -103,3 +103,33 @@ def test_a_new_run_refuses_a_folder_holding_an_earlier_one(tmp_path):
     ckpt.prepare_output_dir(out, resume=False, overwrite=True)
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
     assert (out / "notes.txt").read_text() == "mine"  # only what a run writes is deleted
+
+
+def test_a_worker_death_during_a_checkpoint_write_is_reported_after_it(tmp_path, monkeypatch):
+    # torch's DataLoader reports a dead worker from a SIGCHLD handler that raises wherever the main process
+    # is; inside torch.save it left a half-written zip and an "unexpected pos" error instead of the reason.
+    import os
+    import signal
+
+    def worker_died(signum, frame):
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Killed.")
+
+    real_save = torch.save
+
+    def save_and_signal(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGCHLD)  # delivered while the checkpoint is being written
+        for _ in range(1000):  # Python runs signal handlers between bytecodes: give it some
+            pass
+        return real_save(obj, f, *args, **kwargs)
+
+    previous = signal.signal(signal.SIGCHLD, worker_died)
+    try:
+        monkeypatch.setattr(ckpt.torch, "save", save_and_signal)
+        with pytest.raises(RuntimeError, match="is killed by signal"):
+            _save(tmp_path, 3)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    folder = ckpt.latest_checkpoint(tmp_path)
+    assert folder is not None and folder.name == "step_00000003"  # complete, and verified on load
+    assert ckpt.load_train_state(folder)["progress"] == {"step": 3}
+    assert ckpt.resumable_checkpoint(tmp_path) == folder

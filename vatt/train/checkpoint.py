@@ -20,13 +20,16 @@ checkpoint is intact. A checkpoint damaged afterwards (a partial copy, bit rot) 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -60,6 +63,31 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+@contextlib.contextmanager
+def _worker_death_deferred() -> Iterator[None]:
+    """Hold torch's DataLoader SIGCHLD handler until the block ends.
+
+    That handler raises "DataLoader worker ... is killed" wherever the main process is; inside torch.save
+    it would leave the zip writer half done and bury the reason under "unexpected pos". Deferred, the
+    checkpoint completes and the worker's death is reported right after it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGCHLD)
+    if not callable(previous):
+        yield
+        return
+    pending: list[int] = []
+    signal.signal(signal.SIGCHLD, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+        if pending:
+            previous(signal.SIGCHLD, None)
+
+
 def save_checkpoint(root: str | Path, step: int, weights: dict[str, torch.Tensor], model_config: dict[str, Any],
                     train_state: dict[str, Any], keep_last: int, tokenizer: Any = None) -> Path:
     """Write checkpoint `step` atomically, then delete all but the newest `keep_last`. Returns its folder.
@@ -70,7 +98,7 @@ def save_checkpoint(root: str | Path, step: int, weights: dict[str, torch.Tensor
     root = Path(root)
     final = checkpoint_dir(root, step)
     try:
-        with atomic_folder(final, what="checkpoint") as tmp:
+        with _worker_death_deferred(), atomic_folder(final, what="checkpoint") as tmp:
             # The same files as `vatt.save`, so that `vatt.load(folder)` reads a checkpoint as a model folder.
             write_weights(tmp / WEIGHTS, weights)
             faults.point("checkpoint.write", step)
