@@ -220,3 +220,24 @@ def test_any_command_reports_a_dead_worker_without_a_traceback(monkeypatch, caps
     monkeypatch.setattr(evaluate, "run", bug)
     with pytest.raises(RuntimeError, match="a bug"):  # other errors keep their traceback
         main(["eval", "retrieval", "m", "clips.csv"])
+
+
+def test_a_broken_batch_handover_counts_as_a_dead_worker():
+    # A worker killed while handing a batch over can surface as a broken connection in multiprocessing's
+    # resource sharer (the file descriptors of shared tensors) before torch's own check reports it.
+    import multiprocessing.resource_sharer as sharer
+
+    from vatt.data.errors import is_worker_death, worker_died
+
+    code = compile("raise ConnectionResetError(104, 'Connection reset by peer')", sharer.__file__, "exec")
+    try:
+        exec(code, {})
+    except ConnectionResetError as e:
+        assert is_worker_death(e)
+        assert "a data-loading worker process died: its connection broke" in str(worker_died(e, "Resume."))
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")  # anywhere else: not a worker's death
+    except ConnectionResetError as e:
+        assert not is_worker_death(e)
+    assert is_worker_death(RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed."))
+    assert not is_worker_death(RuntimeError("Caught ValueError in DataLoader worker process 0."))

@@ -11,7 +11,7 @@ import os
 import sys
 
 from vatt.atomic import WriteFailed
-from vatt.data.errors import DataWorkerDied, is_worker_death, worker_died
+from vatt.data.errors import WORKER_DEATH_ERRORS, DataWorkerDied, is_worker_death, worker_died
 
 # command name -> (module, one-line help). Command modules keep heavy imports (torch, av, tensorflow)
 # inside run(), so building the parser stays fast and an optional dependency only affects its own command.
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._module.run(args) or 0)
-    except (WriteFailed, DataWorkerDied, RuntimeError) as e:
+    except (WriteFailed, DataWorkerDied, *WORKER_DEATH_ERRORS) as e:
         # The run could not go on (disk full, a worker killed); the message says what was kept and how to go on.
         if os.environ.get("VATT_DEBUG") or not isinstance(e, (WriteFailed, DataWorkerDied)) and not is_worker_death(e):
             raise

@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from vatt.atomic import atomic_group
-from vatt.data.errors import is_worker_death, worker_died
+from vatt.data.errors import WORKER_DEATH_ERRORS, is_worker_death, worker_died
 
 MODALITIES = ("video", "audio", "text")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
@@ -543,7 +543,7 @@ def embed_files(model: nn.Module, paths: Sequence[str | os.PathLike], *, modalit
 def _worker_death_reported(num_files: int):
     try:
         yield
-    except RuntimeError as e:
+    except WORKER_DEATH_ERRORS as e:
         if not is_worker_death(e):
             raise
         raise worker_died(e, f"Embedding of {num_files} files stopped; nothing was written: run it again "

@@ -61,14 +61,31 @@ class DataWorkerDied(RuntimeError):
 def is_worker_death(err: BaseException) -> bool:
     """True for the error torch's DataLoader raises in the main process when a worker process dies
     ("DataLoader worker (pid N) is killed by signal: Killed.", "... exited unexpectedly"), as opposed
-    to an exception raised by the dataset inside a worker (re-raised as "Caught X in DataLoader worker")."""
-    return isinstance(err, RuntimeError) and not isinstance(err, DataWorkerDied) \
-        and str(err).startswith("DataLoader worker (pid")
+    to an exception raised by the dataset inside a worker (re-raised as "Caught X in DataLoader worker").
+
+    A worker that dies while handing a batch over can also surface as a broken connection (or EOF) in the
+    file-descriptor passing of multiprocessing's resource sharer, before torch's own check sees it."""
+    if isinstance(err, DataWorkerDied):
+        return False
+    if isinstance(err, RuntimeError):
+        return str(err).startswith("DataLoader worker (pid")
+    if isinstance(err, (ConnectionError, EOFError)):
+        tb = err.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.endswith(os.path.join("multiprocessing", "resource_sharer.py")):
+                return True
+            tb = tb.tb_next
+    return False
+
+
+# What the loops catch around their data iteration to recognise a dead worker (see `is_worker_death`).
+WORKER_DEATH_ERRORS = (RuntimeError, ConnectionError, EOFError)
 
 
 def worker_died(err: BaseException, what_next: str) -> DataWorkerDied:
     """The `DataWorkerDied` to raise for torch's worker-death error `err`; `what_next` tells the user
     where the run stopped and how to continue."""
-    return DataWorkerDied(f"a data-loading worker process died: {str(err).strip()} (a process killed from outside, "
+    reason = str(err).strip() if isinstance(err, RuntimeError) else f"its connection broke ({err})"
+    return DataWorkerDied(f"a data-loading worker process died: {reason} (a process killed from outside, "
                           f"usually by the out-of-memory killer: fewer data workers or a smaller batch need less "
                           f"memory). {what_next}")

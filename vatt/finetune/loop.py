@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from vatt.atomic import atomic_folder, write_text
 from vatt.data.datasets import collate, sample_seed
-from vatt.data.errors import is_worker_death, worker_died
+from vatt.data.errors import WORKER_DEATH_ERRORS, is_worker_death, worker_died
 from vatt.finetune.config import ConfigError, FinetuneConfig
 from vatt.finetune.evaluate import ClassificationResult, classification_metrics, predict
 from vatt.finetune.losses import cross_entropy_on_probabilities, sigmoid_cross_entropy, smooth_labels
@@ -210,7 +210,7 @@ class _Run:
                     result.last_checkpoint = self.save()
             if self.val_dataset is None and self.env.is_main:
                 self._save_model(self.out / "final", {"step": self.step, "note": "no validation data"})
-        except RuntimeError as e:
+        except WORKER_DEATH_ERRORS as e:
             if not is_worker_death(e):  # torch raises it wherever the main process is when a worker dies
                 raise
             raise worker_died(e, f"Fine-tuning stopped after step {self.step}; the last checkpoint is "

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from vatt import faults
 from vatt.checkpoint.io import load_state
 from vatt.data.datasets import collate, sample_seed
-from vatt.data.errors import is_worker_death, worker_died
+from vatt.data.errors import WORKER_DEATH_ERRORS, is_worker_death, worker_died
 from vatt.train import checkpoint as ckpt
 from vatt.train.config import PretrainConfig
 from vatt.train.data import MicroBatches
@@ -213,7 +213,7 @@ class _Run:
                                 "(resume to continue)", state.step, cfg.run.time_limit_minutes)
                     result.stopped_early = True
                     break
-        except RuntimeError as e:
+        except WORKER_DEATH_ERRORS as e:
             # torch raises this from wherever the main process is when a worker dies (its SIGCHLD handler)
             if not is_worker_death(e):
                 raise
