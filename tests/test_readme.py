@@ -89,6 +89,7 @@ def snippet_dir(tmp_path_factory):
     from vatt.checkpoint.word2vec import KEY, word_embedding_parameter
     from vatt.data.sample_data import SampleDataConfig, write_sample_dataset
     from vatt.data.text import WordTokenizer
+    from vatt.index.build import build_index
 
     d = tmp_path_factory.mktemp("readme_python")
     long = write_sample_dataset(d / "long", num_clips=2, seed=0, config=SampleDataConfig(duration_s=16.0),
@@ -102,6 +103,7 @@ def snippet_dir(tmp_path_factory):
     model = vatt.build_model("tx_fac_tiny")
     tokenizer = WordTokenizer.build(["a dog catches a frisbee", "a red circle moves"], max_size=64)
     vatt.save(model, d / "converted" / "bbs", tokenizer=tokenizer)
+    build_index(model.eval(), [d / "a.mp4", d / "b.mp4"], d / "my_index", model_path=str(d / "converted" / "bbs"))
     (d / "misc").mkdir()
     table = torch.randn_like(word_embedding_parameter(model))
     save_file({KEY: table.contiguous()}, str(d / "misc" / "word2vec.safetensors"))
