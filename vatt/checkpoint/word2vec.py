@@ -75,7 +75,8 @@ def convert_word_table_from_checkpoint(prefix: str, out_path: str | Path, reader
                          "fine-tuned classifier checkpoints have none")
     table = np.asarray(arrays[found[0]], dtype=np.float32)
     tensor = torch.from_numpy(table.copy())
-    save_file({KEY: tensor}, str(out_path))
+    from vatt.checkpoint.io import write_weights  # atomic: a failed write leaves no partial file
+    write_weights(out_path, {KEY: tensor}, what="word embeddings")
     return tensor
 
 
