@@ -5,8 +5,9 @@ The official tiny tx_fac took three pre-training steps from `tx_fac/ckpt/ckpt-1`
 schedule) and saved `ckpt-4`. Here `vatt convert-tf --optimizer-state` converts ckpt-1, and the library's
 own pre-training loop (`vatt.train.loop.pretrain`, what `vatt pretrain` runs) resumes from it on the same
 batches. Checked: losses and learning rates, the step-1 gradients, every parameter's update of every step,
-the BatchNorm moving statistics, and that ckpt-4 converted the same way resumes where the official run
-stopped (its next step equals the next step of the run that made the three steps here).
+the BatchNorm moving statistics (also for each step alone, from the official weights before it), and that
+ckpt-4 converted the same way resumes where the official run stopped (its next step equals the next step of
+the run that made the three steps here).
 """
 from __future__ import annotations
 
@@ -27,23 +28,29 @@ from vatt.train.config import config_from_dict
 from vatt.train.loop import pretrain
 from tests.conftest import shared_path
 
-# Tolerances. This reference is ill-conditioned in float32: its random clips give pooled video features
-# so alike that the first FAC-head BatchNorm sees a batch mean 18x its spread (mean²/var up to 312), and
-# float32 rounding before that BN is amplified after it. Measured on this data: the same step computed
-# in float64 from ckpt-1 differs from the official float32 run by 8.7e-6 (relative) in the video-text loss
-# and by 1.75e-4 of the largest entry in video-tower gradients -- the official run's own rounding -- and
-# this library's float32 step by 1.7e-5 and 2.8e-4. Adam then turns gradient entries below that noise
-# (0.6% of them) into full-size steps of either sign, so updates are compared where Adam's denominator √v is
-# above the noise (>= 5e-4 of its tensor's largest); there step 1 agrees to 1.3e-7. Measured worst cases:
-# losses 2.6e-5 relative, gradients 2.8e-4 of the largest entry, BatchNorm statistics 6.7e-6.
-LOSS_RTOL = 3e-5
-GRAD_TOL = 5e-4  # of each tensor's largest entry
-RESOLVED = 5e-4  # entries whose √v is below this fraction of the tensor's largest move by float32 noise
-UPDATE_ATOL = 1e-6  # step 1; the largest update is 3.7e-5, torch's Adam ε form is off by 2.4e-5
-# Later steps start from weights that already differ at the noise-floor entries (by up to 7e-5 after step 1),
-# so their gradients differ by more than rounding: measured 5.2e-6 at worst (step 2), against updates of 8.6e-5.
-LATER_UPDATE_ATOL = 1e-5
-BN_ATOL = 1e-5
+# Tolerances. The issue asks for losses within 1e-5 relative, step-1 gradients within 1e-4 of each tensor's
+# largest entry, every update within 1e-6 and BatchNorm statistics within 1e-6. On this reference some of
+# these lie below the official run's own float32 rounding, so no implementation can meet them: its random
+# clips give pooled video features so alike that the first FAC-head BatchNorm sees a batch mean 18x their
+# spread, and rounding before it (the backbones' pooled features agree with float64 to ~4e-7, ours and
+# the official alike) comes out ~1e-5 after it. Measured, the same step in exact arithmetic (float64, from
+# ckpt-1) differs from the official float32 run by 8.7e-6 relative in the video-text loss and by 1.78e-4 of
+# the largest entry in 25 video-tower gradients, and its Adam update is off by more than 1e-6 in 51 entries
+# (up to 6.5e-5: gradients below that noise flip sign, and Adam turns them into full-size steps). This
+# library's float32 step is as far from float64 as the official one is, stage by stage (no systematic
+# difference), so the tolerances below are its measured worst cases with a little room:
+LOSS_RTOL = 3e-5  # the three chained steps: 2.6e-5 (step 2's video-text term, weights already apart)
+GRAD_TOL = 3.5e-4  # of each tensor's largest entry; measured 2.8e-4 (exact arithmetic: 1.8e-4)
+UPDATE_ATOL = 1e-6  # every step, every entry but the noise-level ones below; the largest update is 3.7e-5,
+# and torch's Adam ε form moves 1,126 entries (2.7e-3) by more than this, up to 2.4e-5
+NOISY_UPDATES = 3e-4  # most entries (fraction of all) off by more than UPDATE_ATOL: measured 2.1e-4 (87 of
+# 418,008) at worst, 1.2e-4 (51) for exact arithmetic at step 1; each stays within a step of either sign
+BN_ATOL = 8e-6  # after chained steps: measured 6.7e-6 (step 2; the weights differ at the noise-level entries)
+# Each step taken alone from the official weights before it (so no drift from earlier steps): losses within
+# 1.7e-5 at step 1 (exact arithmetic: 8.7e-6) and 3.5e-6 at steps 2-3, BatchNorm statistics 1.2e-6 at
+# step 1 (exact arithmetic: 6.8e-7) and 7.2e-7 at steps 2-3.
+STEP_LOSS_RTOL = {1: 2e-5, 2: 5e-6, 3: 5e-6}
+STEP_BN_ATOL = {1: 1.5e-6, 2: 1e-6, 3: 1e-6}
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +119,23 @@ def official(model, ref, npz: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 def assert_within(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], names, atol: float, what: str):
     worst = max(((float((got[n].double() - want[n].double()).abs().max()), n) for n in names))
-    assert worst[0] <= atol, f"{what}: {worst[1]} off by {worst[0]:.2e} > {atol:.0e}"
+    assert worst[0] <= atol, f"{what}: {worst[1]} off by {worst[0]:.2e} > {atol:.1e}"
+
+
+def assert_updates(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], zero_in_theory, what: str):
+    """Every entry's update within UPDATE_ATOL, but for at most NOISY_UPDATES of them: those whose gradient is
+    below the float32 noise, where Adam's step (a near-constant size times the gradient's sign) may go either
+    way; they stay within one step of either sign. Parameters zero in theory move by noise only."""
+    noisy = total = 0
+    for n in got:
+        err = (got[n] - want[n]).abs()
+        if n in zero_in_theory:  # both stay below a third of the regular step size
+            assert float(got[n].abs().max()) <= 3e-5 and float(want[n].abs().max()) <= 3e-5, (what, n)
+            continue
+        noisy += int((err > UPDATE_ATOL).sum())
+        total += err.numel()
+        assert float(err.max()) <= 2 * float(want[n].abs().max()), f"update of {n} at {what}: off by {float(err.max()):.2e}"
+    assert noisy <= NOISY_UPDATES * total, f"{what}: {noisy} of {total} updates off by more than {UPDATE_ATOL:.0e}"
 
 
 def test_three_official_pretraining_steps(ref, model_config, tmp_path):
@@ -158,22 +181,9 @@ def test_three_official_pretraining_steps(ref, model_config, tmp_path):
 
     # Every parameter's update of every step, and the BatchNorm moving statistics after it.
     for k in (1, 2, 3):
-        excluded = 0
-        for n in params:
-            got = ours[k][n].double() - ours[k - 1][n].double()
-            want = theirs[k][n].double() - theirs[k - 1][n].double()
-            if n in zero_in_theory:  # noise-driven: both stay below a third of the regular step size
-                assert float(got.abs().max()) <= 3e-5 and float(want.abs().max()) <= 3e-5, (k, n)
-                continue
-            # An update moves by ~ lr·(1 - β1)·δg / √v for a gradient error δg: resolved where √v is not small.
-            rms = moments[k][n]["exp_avg_sq"].sqrt()
-            resolved = rms >= RESOLVED * rms.max()
-            excluded += int((~resolved).sum())
-            err = float((got - want)[resolved].abs().max())
-            tol = UPDATE_ATOL if k == 1 else LATER_UPDATE_ATOL
-            assert err <= tol, f"update of {n} at step {k}: off by {err:.2e}"
-            assert float((got - want).abs().max()) <= 2 * float(want.abs().max()), (k, n)  # noise stays a step
-        assert excluded < 0.01 * sum(ours[0][n].numel() for n in params), (k, excluded)
+        assert_updates({n: ours[k][n].double() - ours[k - 1][n].double() for n in params},
+                       {n: theirs[k][n].double() - theirs[k - 1][n].double() for n in params},
+                       zero_in_theory, f"step {k}")
         assert_within(ours[k], theirs[k], buffers, BN_ATOL, f"BatchNorm statistics after step {k}")
 
     # The official checkpoint after step 3 (iteration 4), converted with its Adam state, is where this run is.
@@ -204,16 +214,8 @@ def test_three_official_pretraining_steps(ref, model_config, tmp_path):
     assert theirs_next.history[-1]["loss"] == pytest.approx(mine.history[-1]["loss"], rel=LOSS_RTOL)
     w_mine = ckpt.load_weights(ckpt.checkpoint_dir(run / "checkpoints", 5))
     w_theirs = ckpt.load_weights(ckpt.checkpoint_dir(resumed / "checkpoints", 5))
-    mine_state = ckpt.load_train_state(ckpt.checkpoint_dir(run / "checkpoints", 5))["optimizer"]["state"]
-    for n in params:
-        got = w_theirs[n].double() - converted[n].double()
-        want = w_mine[n].double() - ours[3][n].double()
-        if n in zero_in_theory:
-            continue
-        rms = mine_state[n]["exp_avg_sq"].sqrt()
-        resolved = rms >= RESOLVED * rms.max()
-        err = float((got - want)[resolved].abs().max())
-        assert err <= LATER_UPDATE_ATOL, f"update of {n} at step 4: off by {err:.2e}"
+    assert_updates({n: w_theirs[n].double() - converted[n].double() for n in params},
+                   {n: w_mine[n].double() - ours[3][n].double() for n in params}, zero_in_theory, "step 4")
     # The resumed step is Keras Adam at t = 5 and lr(4) on the converted slots, to rounding, in every entry.
     slots3 = {k: official(model, ref, {n[2:]: v for n, v in np.load(ref / "optimizer_after_step3.npz").items()
                                        if n.startswith(k[0] + "/")}) for k in ("m", "v")}
@@ -263,3 +265,33 @@ def test_adam_step_on_official_gradients(ref, model_config, tmp_path, optimizer)
         assert worst <= 1e-7, f"Keras Adam off the official update by {worst:.2e}"
     else:
         assert worst > 1e-5, f"torch's Adam form unexpectedly within {worst:.2e} of the official update"
+
+
+def test_each_step_from_the_official_weights_before_it(ref, model_config, tmp_path):
+    """Each step's forward pass and loss alone, from the official weights before it: no drift from the
+    noise-level updates of earlier steps, so steps 2 and 3 agree within the issue's 1e-5 and 1e-6."""
+    from vatt.losses import AsymmetricNCE
+
+    tx_fac = shared_path("parity", "official-tiny", "tx_fac")
+    convert_with_optimizer(tx_fac / "ckpt" / "ckpt-1", tx_fac / "config.json", tmp_path)
+    model = build_model(model_config)
+    start = ckpt.load_weights(ckpt.checkpoint_dir(tmp_path / "checkpoints", 1))
+    buffers = [n for n in start if n.endswith(("running_mean", "running_var"))]
+    steps = json.loads((ref / "losses.json").read_text())["steps"]
+    for k in (1, 2, 3):
+        before = dict(start)
+        if k > 1:
+            before.update(official(model, ref, dict(np.load(ref / f"weights_after_step{k - 1}.npz"))))
+        model.load_state_dict(before)
+        model.train()
+        x = np.load(ref / f"inputs_step{k}.npz")
+        with torch.no_grad():
+            out = model(video=torch.from_numpy(x["vision"]), audio=torch.from_numpy(x["audio"][:, :, 0]),
+                        text=torch.from_numpy(x["text_index"]).long())
+            loss = AsymmetricNCE()(video_va=out.video_va, audio_va=out.audio_va, video_vt=out.video_vt,
+                                   text_vt=out.text_vt)
+        for got, theirs in ((loss.total, "total_loss"), (loss.video_text, "video_text_loss"),
+                            (loss.video_audio, "video_audio_loss")):
+            assert float(got) == pytest.approx(steps[k - 1][theirs], rel=STEP_LOSS_RTOL[k]), (k, theirs)
+        after = official(model, ref, dict(np.load(ref / f"weights_after_step{k}.npz")))
+        assert_within(model.state_dict(), after, buffers, STEP_BN_ATOL[k], f"BatchNorm statistics of step {k}")
