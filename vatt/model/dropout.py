@@ -52,12 +52,46 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     return torch.from_numpy(out).view(shape)
 
 
+def scaled_mask(keep: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """The bool keep-mask as `scale` / 0 in `dtype`. Through uint8: torch converts bool ~10x slower, and a
+    float multiply is several times faster than `torch.where` on a bool mask."""
+    return keep.view(torch.uint8).to(dtype).mul_(scale)
+
+
+class _MaskedScale(torch.autograd.Function):
+    """x * keep * scale [+ residual]; keeps the bool mask (not a float one) for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x, keep, scale, residual):
+        ctx.scale = scale
+        ctx.save_for_backward(keep)
+        # The mask in float32 at least, as a Python-scalar multiply computes: 1 / (1 - p) in bfloat16 would
+        # be off by up to 0.4 %, a bias on every kept activation.
+        mask = scaled_mask(keep, scale, torch.promote_types(x.dtype, torch.float32))
+        if residual is not None:
+            return torch.addcmul(residual, x, mask)
+        return torch.mul(x, mask, out=torch.empty_like(x))  # computed in the mask's precision, stored in x's
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        grad_x = grad * scaled_mask(keep, ctx.scale, torch.promote_types(grad.dtype, torch.float32))
+        return grad_x, None, None, grad if ctx.needs_input_grad[3] else None
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if not training or p == 0.0 or x.device.type != "cpu":
         return F.dropout(x, p, training)
     if p >= 1.0:
         return torch.zeros_like(x)
-    return torch.where(keep_mask(x.shape, p), x * (1.0 / (1.0 - p)), 0.0)
+    return _MaskedScale.apply(x, keep_mask(x.shape, p), 1.0 / (1.0 - p), None)
+
+
+def dropout_add(x: torch.Tensor, residual: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """`residual + dropout(x)`, in one pass on CPU."""
+    if not training or p == 0.0 or p >= 1.0 or x.device.type != "cpu" or x.shape != residual.shape:
+        return residual + dropout(x, p, training)
+    return _MaskedScale.apply(x, keep_mask(x.shape, p), 1.0 / (1.0 - p), residual)
 
 
 class Dropout(nn.Dropout):
@@ -65,3 +99,7 @@ class Dropout(nn.Dropout):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)
+
+    def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """`residual + self(x)`, fused on CPU."""
+        return dropout_add(x, residual, self.p, self.training)
