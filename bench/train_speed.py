@@ -18,6 +18,7 @@ matrix product measured in this process (and of a bf16 one, the ceiling of bf16 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -63,6 +64,25 @@ def overrides(preset: str, batch: int, steps: int, precision: str, droptoken: bo
     return [f"model.preset={preset}", f"data.batch_size={batch}", "data.num_workers=0", f"optim.total_steps={steps}",
             "optim.warmup_steps=1", f"run.precision={precision}", f"run.output_dir={out}", "log.every_steps=1",
             "log.tensorboard=false", "checkpoint.enabled=false"] + ([] if droptoken else NO_DROPTOKEN)
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gb() -> float | None:
+    """Peak resident memory of this process since `reset_peak_rss` (VmHWM), in GiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
 
 
 def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool) -> float:
@@ -135,10 +155,10 @@ def main() -> int:
     default_threads = torch.get_num_threads()
     from bench.model_speed import matmul_peak  # the yardstick of the model benchmark, measured here too
 
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peak = first_peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{default_threads} threads; 2048^3 matmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
-          f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
+          f"{default_threads} threads, load average {os.getloadavg()[0]:.1f}; 2048^3 matmul: fp32 "
+          f"{peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
     rows = []
     for size in args.sizes.split(","):
         preset = SIZES[size]
@@ -153,23 +173,34 @@ def main() -> int:
                 elif droptoken and precision == "bf16":
                     variants += [("2 procs", 1)]
                 for procs, threads in variants:
+                    # the yardstick again just before each row, so that a change of load between rows
+                    # moves both (the first-measured peaks are kept in the JSON as "peak_flops")
+                    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
                     t0 = time.perf_counter()
                     if procs == "2 procs":
                         clips = run_two_processes(preset, batch, steps, warmup, precision, droptoken)
                     else:
                         torch.set_num_threads(threads)
+                        gc.collect()
+                        reset_peak_rss()
                         clips = run_steps(preset, batch, steps, warmup, precision, droptoken)
+                        rss = peak_rss_gb()
                         torch.set_num_threads(default_threads)
                     achieved = flops[droptoken] / batch * clips
                     row = {"size": size, "preset": preset, "batch": batch, "precision": precision,
                            "droptoken": droptoken, "processes": 2 if procs == "2 procs" else 1, "threads": threads,
                            "clips_per_s": clips, "step_gflop": flops[droptoken] / 1e9,
                            "achieved_gflop_s": achieved / 1e9, "frac_fp32_matmul": achieved / peak["fp32"],
-                           "frac_bf16_matmul": achieved / peak["bf16"], "wall_s": time.perf_counter() - t0}
+                           "frac_bf16_matmul": achieved / peak["bf16"], "wall_s": time.perf_counter() - t0,
+                           "fp32_matmul_gflop_s": peak["fp32"] / 1e9, "bf16_matmul_gflop_s": peak["bf16"] / 1e9,
+                           "peak_rss_gb": rss if procs == "1 proc" else None}
                     rows.append(row)
+                    memory = f", peak RSS {rss:.1f} GiB" if procs == "1 proc" and rss else ""
                     print(f"{size:4s} {precision} droptoken={'on ' if droptoken else 'off'} {procs} x {threads} thr: "
                           f"{clips:8.2f} clips/s  {achieved / 1e9:7.1f} GFLOP/s = {row['frac_fp32_matmul']:.2f} of "
-                          f"fp32 matmul ({row['wall_s']:.0f} s)", flush=True)
+                          f"fp32 matmul ({peak['fp32'] / 1e9:.0f} GFLOP/s just before), {row['frac_bf16_matmul']:.2f} of bf16 "
+                          f"({row['wall_s']:.0f} s{memory})",
+                          flush=True)
 
     def rate(size, precision, droptoken, processes=1, threads=default_threads):
         for r in rows:
@@ -197,7 +228,7 @@ def main() -> int:
     for name, value in ratios.items():
         print(f"  {name}: {value:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"peak_flops": peak, "rows": rows, "ratios": ratios}, indent=2))
+        Path(args.json).write_text(json.dumps({"peak_flops": first_peak, "rows": rows, "ratios": ratios}, indent=2))
     return 0
 
 
