@@ -9,7 +9,7 @@ window loader: the middle 3.2 s, 32 frames at 10 fps resized and centre-cropped 
 48 kHz audio); text is the tokenized captions (16 words). The forward is `vatt.embed.forward_modality`
 (inference mode, eval: no DropToken, so all 1568 video tokens), timed per modality, and its matrix-product
 FLOPs (torch's FlopCounterMode) per second are shown as a fraction of a 2048^3 fp32 (and bf16) matmul
-measured in this process. End to end is `vatt.embed.embed_files` -- what `vatt embed` runs -- on the same
+measured in this process just before each row. End to end is `vatt.embed.embed_files` -- what `vatt embed` runs -- on the same
 files (decoding in the main process, video and audio), against the forward alone on the same windows.
 """
 from __future__ import annotations
@@ -28,15 +28,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.model_speed import matmul_peak  # noqa: E402
+from bench.model_speed import flop_counter, matmul_peak  # noqa: E402
 from bench.pipeline import CAPTIONS, write_media  # noqa: E402
 
 
 def forward_flops(model, modality: str, x: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
     from vatt.embed import forward_modality
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         forward_modality(model, modality, x)
     return float(counter.get_total_flops())
 
@@ -88,13 +86,17 @@ def main() -> int:
             flops = forward_flops(model, modality, x[:1])
             batch = args.batch if modality != "text" else 16 * args.batch
             for precision in ("fp32", "bf16"):
+                # the yardsticks again just before each row, so a change of load between rows moves both
+                peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
                 sec = time_forward(model, modality, x, batch, precision, args.repeats)
                 row = {"modality": modality, "precision": precision, "batch": batch, "gflop_per_window": flops / 1e9,
                        "windows_per_s": 1 / sec, "frac_fp32_peak": flops / sec / peak["fp32"],
-                       "frac_bf16_peak": flops / sec / peak["bf16"]}
+                       "frac_bf16_peak": flops / sec / peak["bf16"], "fp32_matmul_gflop_s": peak["fp32"] / 1e9,
+                       "bf16_matmul_gflop_s": peak["bf16"] / 1e9}
                 rows.append(row)
                 print(f"{modality:5s} {precision}: {row['windows_per_s']:8.2f} windows/s  {flops / 1e9:6.1f} GFLOP/window "
-                      f"= {row['frac_fp32_peak']:.2f}x fp32 peak, {row['frac_bf16_peak']:.2f}x bf16 peak", flush=True)
+                      f"= {row['frac_fp32_peak']:.2f}x fp32 peak, {row['frac_bf16_peak']:.2f}x bf16 peak (matmul "
+                      f"{peak['fp32'] / 1e9:.0f} / {peak['bf16'] / 1e9:.0f} GFLOP/s just before)", flush=True)
         result["forward"] = rows
         ends = []
         for precision in ("fp32", "bf16"):

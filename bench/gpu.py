@@ -133,11 +133,10 @@ def make_run(preset: str, batch: int, device: torch.device, precision: str, comp
 
 def step_flops(preset: str, batch: int, device: torch.device) -> float:
     """Matrix-product FLOPs of one forward + backward + loss of `batch` clips, counted on the device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    from bench.model_speed import flop_counter
     run, clips = make_run(preset, batch, device, "bf16", False, False)
     run.model.train()
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         run._loss(clips).total.backward()
     del run
     return float(counter.get_total_flops())

@@ -111,8 +111,7 @@ def run_two_processes(preset: str, batch: int, steps: int, warmup: int, precisio
 
 def step_flops(preset: str, batch: int, droptoken: bool) -> float:
     """Matrix-product FLOPs of one forward + backward (+ loss) of `batch` clips, counted by torch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    from bench.model_speed import flop_counter
     import vatt.model
     from vatt.losses import AsymmetricNCE
     from vatt.train.config import load_config
@@ -121,7 +120,7 @@ def step_flops(preset: str, batch: int, droptoken: bool) -> float:
     model = vatt.model.build_model(cfg.model.build_config()).train()
     data = RandomClips(preset, n=batch, pool=1)
     batch_data = {k: torch.stack([data[(0, i)][k] for i in range(batch)]) for k in data.pool[0]}
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         out = model(video=batch_data["video"], audio=batch_data["audio"], text=batch_data["text"])
         AsymmetricNCE()(video_va=out.video_va, audio_va=out.audio_va, video_vt=out.video_vt,
                         text_vt=out.text_vt).total.backward()
