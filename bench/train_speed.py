@@ -18,7 +18,6 @@ matrix product measured in this process (and of a bf16 one, the ceiling of bf16 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -66,16 +65,8 @@ def overrides(preset: str, batch: int, steps: int, precision: str, droptoken: bo
             "log.tensorboard=false", "checkpoint.enabled=false"] + ([] if droptoken else NO_DROPTOKEN)
 
 
-def reset_peak_rss() -> None:
-    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
 def peak_rss_gb() -> float | None:
-    """Peak resident memory of this process since `reset_peak_rss` (VmHWM), in GiB."""
+    """Peak resident memory of this process (VmHWM), in GiB; None where /proc is not there."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -96,17 +87,21 @@ def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, 
     return statistics.median(r["clips_per_s"] for r in result.history[warmup:])
 
 
-def run_two_processes(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool) -> float:
+def run_processes(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool,
+                  processes: int, threads: int) -> dict:
+    """clips/s (and the peak RSS of rank 0) in fresh processes: 1, or `torchrun --nproc_per_node N`."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(29400 + os.getpid() % 1000), __file__, "--worker", str(out), "--preset", preset, "--batch",
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+                    str(29400 + os.getpid() % 1000)] if processes > 1 else []
+        cmd = [sys.executable, *launcher, __file__, "--worker", str(out), "--preset", preset, "--batch",
                str(batch), "--steps", str(steps), "--warmup", str(warmup), "--precision", precision,
                *([] if droptoken else ["--no-droptoken"])]
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True,
+                              text=True)
         if proc.returncode:
-            raise RuntimeError(f"torchrun failed:\n{proc.stderr[-3000:]}")
-        return json.loads(out.read_text())["clips_per_s"]
+            raise RuntimeError(f"benchmark process failed:\n{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
 
 
 def step_flops(preset: str, batch: int, droptoken: bool) -> float:
@@ -148,7 +143,7 @@ def main() -> int:
     if args.worker:
         clips = run_steps(args.preset, args.batch, args.steps, args.warmup, args.precision, not args.no_droptoken)
         if int(os.environ.get("RANK", "0")) == 0:  # every rank logs the same global-batch rate
-            Path(args.worker).write_text(json.dumps({"clips_per_s": clips}))
+            Path(args.worker).write_text(json.dumps({"clips_per_s": clips, "peak_rss_gb": peak_rss_gb()}))
         return 0
 
     default_threads = torch.get_num_threads()
@@ -176,15 +171,10 @@ def main() -> int:
                     # moves both (the first-measured peaks are kept in the JSON as "peak_flops")
                     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
                     t0 = time.perf_counter()
-                    if procs == "2 procs":
-                        clips = run_two_processes(preset, batch, steps, warmup, precision, droptoken)
-                    else:
-                        torch.set_num_threads(threads)
-                        gc.collect()
-                        reset_peak_rss()
-                        clips = run_steps(preset, batch, steps, warmup, precision, droptoken)
-                        rss = peak_rss_gb()
-                        torch.set_num_threads(default_threads)
+                    # each row in fresh processes, so its peak RSS is its own
+                    result = run_processes(preset, batch, steps, warmup, precision, droptoken,
+                                           2 if procs == "2 procs" else 1, threads)
+                    clips, rss = result["clips_per_s"], result["peak_rss_gb"]
                     achieved = flops[droptoken] / batch * clips
                     row = {"size": size, "preset": preset, "batch": batch, "precision": precision,
                            "droptoken": droptoken, "processes": 2 if procs == "2 procs" else 1, "threads": threads,
@@ -192,9 +182,9 @@ def main() -> int:
                            "achieved_gflop_s": achieved / 1e9, "frac_fp32_matmul": achieved / peak["fp32"],
                            "frac_bf16_matmul": achieved / peak["bf16"], "wall_s": time.perf_counter() - t0,
                            "fp32_matmul_gflop_s": peak["fp32"] / 1e9, "bf16_matmul_gflop_s": peak["bf16"] / 1e9,
-                           "peak_rss_gb": rss if procs == "1 proc" else None}
+                           "peak_rss_gb": rss}
                     rows.append(row)
-                    memory = f", peak RSS {rss:.1f} GiB" if procs == "1 proc" and rss else ""
+                    memory = f", peak RSS {rss:.1f} GiB{' (rank 0)' if procs == '2 procs' else ''}" if rss else ""
                     print(f"{size:4s} {precision} droptoken={'on ' if droptoken else 'off'} {procs} x {threads} thr: "
                           f"{clips:8.2f} clips/s  {achieved / 1e9:7.1f} GFLOP/s = {row['frac_fp32_matmul']:.2f} of "
                           f"fp32 matmul ({peak['fp32'] / 1e9:.0f} GFLOP/s just before), {row['frac_bf16_matmul']:.2f} of bf16 "
