@@ -1,28 +1,30 @@
 """The GPU pass in one call: pre-training step speed, memory and MFU, FSDP, CUDA parity, a short bf16 run, and
 how many CPU cores of decoding one GPU needs.
 
-    python bench/gpu.py --json gpu.json                  # on a machine with one CUDA device (~8 minutes)
+    python bench/gpu.py --json gpu.json                  # on a machine with one CUDA device (<= ~9 minutes)
     python bench/gpu.py --device cpu --quick             # smoke run of every section on the CPU (tiny model)
 
-Sections (each is timed; one that fails is reported with its error and the others still run; once
-`--budget-s` is spent the remaining ones are listed as skipped):
+Sections, in this order (each is timed; one that fails is reported with its error and the others still run;
+once `--budget-s` is spent the remaining rows and sections are listed as skipped):
 
-1. step:     the BBS pre-training step exactly as `vatt pretrain` runs it (`_Run._step`: forward of the three
+1. parity:   the converted official tiny checkpoints on the device in float32 with TF32 off, against the
+             official outputs (`../shared/parity/official-tiny`, or `--parity DIR`): max abs error, goal <= 1e-4.
+2. training: a short bf16 run of the real loop (`vatt.train.pretrain`, tiny model, a fixed pool of clips):
+             the loss must fall.
+3. step:     the BBS pre-training step exactly as `vatt pretrain` runs it (`_Run._step`: forward of the three
              backbones and the FAC head under bf16 autocast, AsymmetricNCE, backward, NaN check, Adam), on
              in-memory random clips already on the device, attention through `F.scaled_dot_product_attention`
-             (flash kernel on CUDA). Batch sizes doubling until out of memory, eager and `torch.compile`,
-             with and without activation checkpointing. Per row: median step time, clips/s, peak memory
-             (CUDA: `max_memory_allocated`; CPU: peak RSS of the process), and MFU = matrix-product FLOPs of
-             the step (torch's FlopCounterMode on the device) x steps/s / the device's dense bf16 peak (table
-             below, and the measured peak of a large bf16 matmul in the same run).
-2. fsdp:     the Large step (`tx_fac_lbs`) with the model under FSDP2 (`fully_shard` per layer, as
+             (flash kernel on CUDA), eager. Batch sizes doubling until out of memory, with and without
+             activation checkpointing. Per row: median step time, clips/s, peak memory (CUDA:
+             `max_memory_allocated`; CPU: peak RSS of the process), and MFU = matrix-product FLOPs of the
+             step (torch's FlopCounterMode on the device) x steps/s / the device's dense bf16 peak (table
+             below; the measured peak of a large bf16 matmul is printed too).
+4. fsdp:     the Large step (`tx_fac_lbs`) with the model under FSDP2 (`fully_shard` per layer, as
              `run.parallel=fsdp`) in a one-rank process group on the one device.
-3. parity:   the converted official tiny checkpoints on the device in float32 with TF32 off, against the
-             official outputs (`../shared/parity/official-tiny`): max abs error, goal <= 1e-4.
-4. training: a short bf16 run of the real loop (`vatt.train.pretrain`, tiny model, a fixed pool of clips):
-             the loss must fall.
 5. decoding: clips/s of the pre-training data pipeline on real H.264 + AAC files with one worker per core
              (`bench/pipeline.py`), against the clips/s the step consumes: cores needed per GPU.
+6. compile:  (CUDA) the step under `torch.compile` at the two largest batch sizes that fitted eagerly, with
+             and without checkpointing; last, because compiling takes minutes per shape.
 """
 from __future__ import annotations
 
@@ -178,33 +180,34 @@ def measure_step(preset: str, batch: int, device: torch.device, compile: bool, c
     return row
 
 
-def step_sweep(args, device: torch.device, peak: float, report) -> list[dict]:
+def step_sweep(args, device: torch.device, peak: float, report, compile: bool, eager_rows: list[dict],
+               out_of_time) -> list[dict]:
+    """Eager: batch sizes doubling until out of memory, with and without activation checkpointing.
+    Compiled (minutes of compilation per shape): the two largest batch sizes that fitted eagerly."""
     preset = "tx_fac_tiny" if args.quick else "tx_fac_bbs"
     flops_per_clip = step_flops(preset, 2, device) / 2
     report(f"{preset}: {flops_per_clip / 1e9:.4g} GFLOP per clip (forward + backward + loss)")
     batches = [int(b) for b in args.batches.split(",")]
-    compile_modes = [False, True] if args.compile != "off" else [False]
-    if args.compile == "only":
-        compile_modes = [True]
     rows = []
-    for compile in compile_modes:
-        for ckpt in (False, True):
-            fitted = []
-            sweep = batches if not compile else None
-            if compile:  # compiling costs minutes per shape: the two largest batches that fitted eagerly
-                eager = [r["batch"] for r in rows if not r["compile"] and r["grad_checkpointing"] == ckpt
-                         and not r.get("oom")]
-                sweep = eager[-2:] or batches[:1]
-            for batch in sweep:
-                row = measure_step(preset, batch, device, compile, ckpt, args.steps, args.warmup)
-                if not row.get("oom"):
-                    row["mfu"] = flops_per_clip * row["clips_per_s"] / peak
-                    row["tflops"] = flops_per_clip * row["clips_per_s"] / 1e12
-                    fitted.append(batch)
-                rows.append(row)
-                report(format_step_row(row))
-                if row.get("oom"):
-                    break
+    for ckpt in (False, True):
+        sweep = batches
+        if compile:
+            fitted = [r["batch"] for r in eager_rows if r["grad_checkpointing"] == ckpt and "clips_per_s" in r]
+            sweep = fitted[-2:] or batches[:1]
+        for batch in sweep:
+            if out_of_time():
+                rows.append({"preset": preset, "batch": batch, "compile": compile, "grad_checkpointing": ckpt,
+                             "skipped": "--budget-s spent"})
+                report(f"  batch {batch} {'ckpt ' if ckpt else ''}skipped: budget spent")
+                break
+            row = measure_step(preset, batch, device, compile, ckpt, args.steps, args.warmup)
+            if not row.get("oom"):
+                row["mfu"] = flops_per_clip * row["clips_per_s"] / peak
+                row["tflops"] = flops_per_clip * row["clips_per_s"] / 1e12
+            rows.append(row)
+            report(format_step_row(row))
+            if row.get("oom"):
+                break
     return rows
 
 
@@ -317,7 +320,7 @@ def decoding(args, step_rows: list[dict], report) -> dict:
     cores = cpu_cores()
     counts = [1] if args.quick else sorted({1, cores})
     result = measure(clips=4 if args.quick else 48, worker_counts=counts, seconds=6.0 if args.quick else 30.0)
-    best = max((r["clips_per_s"] for r in step_rows if not r.get("oom") and "clips_per_s" in r), default=None)
+    best = max((r["clips_per_s"] for r in step_rows if "clips_per_s" in r), default=None)
     per_core = result["rows"][0]["clips_per_s"]
     for r in result["rows"]:
         report(f"  {r['workers']} workers: {r['clips_per_s']:.2f} clips/s ({r['clips_per_s_per_worker']:.2f} per "
@@ -340,18 +343,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny model, small batches: a smoke run")
     parser.add_argument("--batches", default="", help="step batch sizes (default 8,16,...,512; quick: 2,4)")
     parser.add_argument("--fsdp-batches", default="", help="default 8,16,32,64 (quick: 2)")
-    parser.add_argument("--compile", default="", choices=["", "on", "off", "only"],
-                        help="with and without torch.compile (default on CUDA; off on CPU)")
     parser.add_argument("--steps", type=int, default=0, help="timed steps per row (default 5; quick 2)")
     parser.add_argument("--warmup", type=int, default=0, help="untimed steps first (default 3; quick 1)")
-    parser.add_argument("--sections", default="step,fsdp,parity,training,decoding")
+    parser.add_argument("--sections", default="",
+                        help="default parity,training,step,fsdp,decoding,compile (compile: CUDA only)")
     parser.add_argument("--parity", default=str(ROOT.parent / "shared" / "parity" / "official-tiny"))
-    parser.add_argument("--budget-s", type=float, default=540.0, help="skip the sections left after this")
+    parser.add_argument("--budget-s", type=float, default=480.0,
+                        help="after this many seconds, skip what is left (rows and sections)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     args.batches = args.batches or ("2,4" if args.quick else "8,16,32,64,128,256,512")
     args.fsdp_batches = args.fsdp_batches or ("2" if args.quick else "8,16,32,64")
-    args.compile = args.compile or ("on" if args.device == "cuda" else "off")
+    args.sections = args.sections or ("parity,training,step,fsdp,decoding" +
+                                      (",compile" if args.device == "cuda" else ""))
     args.steps = args.steps or (2 if args.quick else 5)
     args.warmup = args.warmup or (1 if args.quick else 3)
 
@@ -381,17 +385,23 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
 
     step_rows: list[dict] = []
+
+    def out_of_time() -> bool:
+        return time.perf_counter() - started > args.budget_s
+
     for section in args.sections.split(","):
-        if time.perf_counter() - started > args.budget_s:
+        if out_of_time():
             results["sections"][section] = {"skipped": f"--budget-s {args.budget_s:g} spent"}
             print(f"[{section}] skipped: budget spent", flush=True)
             continue
         print(f"[{section}]", flush=True)
         t0 = time.perf_counter()
         try:
-            if section == "step":
-                step_rows = step_sweep(args, device, peak, report)
-                value: object = step_rows
+            if section in ("step", "compile"):
+                rows = step_sweep(args, device, peak, report, section == "compile", step_rows, out_of_time)
+                if section == "step":
+                    step_rows = rows
+                value: object = rows
             elif section == "fsdp":
                 value = fsdp_step(args, device, peak, report)
             elif section == "parity":
