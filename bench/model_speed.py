@@ -45,6 +45,24 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> floa
     return 2 * n**3 * count / (time.perf_counter() - start)
 
 
+def flop_counter():
+    """torch's FlopCounterMode, also counting the CPU flash-attention kernels (SDPA without dropout on CPU),
+    which it does not know: the same formula as its other SDPA kernels."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward})
+
+
 def step_flops(cfg, frames: int, size: int, droptoken: bool) -> float:
     """Matrix-product FLOPs of forward + backward for one clip."""
     tx = cfg.transformer

@@ -65,6 +65,17 @@ def overrides(preset: str, batch: int, steps: int, precision: str, droptoken: bo
             "log.tensorboard=false", "checkpoint.enabled=false"] + ([] if droptoken else NO_DROPTOKEN)
 
 
+def peak_rss_gb() -> float | None:
+    """Peak resident memory of this process (VmHWM), in GiB; None where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
 def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool) -> float:
     """Median clips/s of steps after `warmup`, in this process (or this rank, under torchrun)."""
     from vatt.train.config import load_config
@@ -76,23 +87,26 @@ def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, 
     return statistics.median(r["clips_per_s"] for r in result.history[warmup:])
 
 
-def run_two_processes(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool) -> float:
+def run_processes(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool,
+                  processes: int, threads: int) -> dict:
+    """clips/s (and the peak RSS of rank 0) in fresh processes: 1, or `torchrun --nproc_per_node N`."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(29400 + os.getpid() % 1000), __file__, "--worker", str(out), "--preset", preset, "--batch",
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+                    str(29400 + os.getpid() % 1000)] if processes > 1 else []
+        cmd = [sys.executable, *launcher, __file__, "--worker", str(out), "--preset", preset, "--batch",
                str(batch), "--steps", str(steps), "--warmup", str(warmup), "--precision", precision,
                *([] if droptoken else ["--no-droptoken"])]
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True,
+                              text=True)
         if proc.returncode:
-            raise RuntimeError(f"torchrun failed:\n{proc.stderr[-3000:]}")
-        return json.loads(out.read_text())["clips_per_s"]
+            raise RuntimeError(f"benchmark process failed:\n{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
 
 
 def step_flops(preset: str, batch: int, droptoken: bool) -> float:
     """Matrix-product FLOPs of one forward + backward (+ loss) of `batch` clips, counted by torch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    from bench.model_speed import flop_counter
     import vatt.model
     from vatt.losses import AsymmetricNCE
     from vatt.train.config import load_config
@@ -101,7 +115,7 @@ def step_flops(preset: str, batch: int, droptoken: bool) -> float:
     model = vatt.model.build_model(cfg.model.build_config()).train()
     data = RandomClips(preset, n=batch, pool=1)
     batch_data = {k: torch.stack([data[(0, i)][k] for i in range(batch)]) for k in data.pool[0]}
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         out = model(video=batch_data["video"], audio=batch_data["audio"], text=batch_data["text"])
         AsymmetricNCE()(video_va=out.video_va, audio_va=out.audio_va, video_vt=out.video_vt,
                         text_vt=out.text_vt).total.backward()
@@ -129,16 +143,16 @@ def main() -> int:
     if args.worker:
         clips = run_steps(args.preset, args.batch, args.steps, args.warmup, args.precision, not args.no_droptoken)
         if int(os.environ.get("RANK", "0")) == 0:  # every rank logs the same global-batch rate
-            Path(args.worker).write_text(json.dumps({"clips_per_s": clips}))
+            Path(args.worker).write_text(json.dumps({"clips_per_s": clips, "peak_rss_gb": peak_rss_gb()}))
         return 0
 
     default_threads = torch.get_num_threads()
     from bench.model_speed import matmul_peak  # the yardstick of the model benchmark, measured here too
 
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peak = first_peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{default_threads} threads; 2048^3 matmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
-          f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
+          f"{default_threads} threads, load average {os.getloadavg()[0]:.1f}; 2048^3 matmul: fp32 "
+          f"{peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
     rows = []
     for size in args.sizes.split(","):
         preset = SIZES[size]
@@ -153,23 +167,29 @@ def main() -> int:
                 elif droptoken and precision == "bf16":
                     variants += [("2 procs", 1)]
                 for procs, threads in variants:
+                    # the yardstick again just before each row, so that a change of load between rows
+                    # moves both (the first-measured peaks are kept in the JSON as "peak_flops")
+                    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
                     t0 = time.perf_counter()
-                    if procs == "2 procs":
-                        clips = run_two_processes(preset, batch, steps, warmup, precision, droptoken)
-                    else:
-                        torch.set_num_threads(threads)
-                        clips = run_steps(preset, batch, steps, warmup, precision, droptoken)
-                        torch.set_num_threads(default_threads)
+                    # each row in fresh processes, so its peak RSS is its own
+                    result = run_processes(preset, batch, steps, warmup, precision, droptoken,
+                                           2 if procs == "2 procs" else 1, threads)
+                    clips, rss = result["clips_per_s"], result["peak_rss_gb"]
                     achieved = flops[droptoken] / batch * clips
                     row = {"size": size, "preset": preset, "batch": batch, "precision": precision,
                            "droptoken": droptoken, "processes": 2 if procs == "2 procs" else 1, "threads": threads,
                            "clips_per_s": clips, "step_gflop": flops[droptoken] / 1e9,
                            "achieved_gflop_s": achieved / 1e9, "frac_fp32_matmul": achieved / peak["fp32"],
-                           "frac_bf16_matmul": achieved / peak["bf16"], "wall_s": time.perf_counter() - t0}
+                           "frac_bf16_matmul": achieved / peak["bf16"], "wall_s": time.perf_counter() - t0,
+                           "fp32_matmul_gflop_s": peak["fp32"] / 1e9, "bf16_matmul_gflop_s": peak["bf16"] / 1e9,
+                           "peak_rss_gb": rss}
                     rows.append(row)
+                    memory = f", peak RSS {rss:.1f} GiB{' (rank 0)' if procs == '2 procs' else ''}" if rss else ""
                     print(f"{size:4s} {precision} droptoken={'on ' if droptoken else 'off'} {procs} x {threads} thr: "
                           f"{clips:8.2f} clips/s  {achieved / 1e9:7.1f} GFLOP/s = {row['frac_fp32_matmul']:.2f} of "
-                          f"fp32 matmul ({row['wall_s']:.0f} s)", flush=True)
+                          f"fp32 matmul ({peak['fp32'] / 1e9:.0f} GFLOP/s just before), {row['frac_bf16_matmul']:.2f} of bf16 "
+                          f"({row['wall_s']:.0f} s{memory})",
+                          flush=True)
 
     def rate(size, precision, droptoken, processes=1, threads=default_threads):
         for r in rows:
@@ -197,7 +217,7 @@ def main() -> int:
     for name, value in ratios.items():
         print(f"  {name}: {value:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"peak_flops": peak, "rows": rows, "ratios": ratios}, indent=2))
+        Path(args.json).write_text(json.dumps({"peak_flops": first_peak, "rows": rows, "ratios": ratios}, indent=2))
     return 0
 
 

@@ -370,3 +370,43 @@ def test_fac_batchnorm_moving_variance_is_the_biased_batch_variance():
     torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * x.var(0, unbiased=False))
     # normalised with the biased batch statistics
     torch.testing.assert_close(y, (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5), atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_dropout_is_the_masked_scaled_input_in_fp32_and_bf16_and_fused_add_matches():
+    from vatt.model.dropout import dropout, dropout_add, keep_mask
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(3, 50, 64, dtype=dtype, requires_grad=True)
+        residual = torch.randn(3, 50, 64, requires_grad=True)
+        torch.manual_seed(4)
+        keep = keep_mask(x.shape, 0.1)
+        reference = torch.where(keep, x * (1 / 0.9), 0.0)  # the definition: scale by 1/(1-p) in x's precision
+        (grad_reference,) = torch.autograd.grad(reference.float().square().sum(), x)
+        torch.manual_seed(4)
+        y = dropout(x, 0.1, True)
+        (grad,) = torch.autograd.grad(y.float().square().sum(), x)
+        assert y.dtype == dtype and torch.equal(y, reference) and torch.equal(grad, grad_reference)
+        torch.manual_seed(4)
+        fused = dropout_add(x, residual, 0.1, True)
+        assert torch.allclose(fused, residual + reference, atol=1e-6)
+        grads = torch.autograd.grad(fused.square().sum(), (x, residual))
+        assert torch.allclose(grads[1], 2 * fused) and torch.equal(grads[0] == 0, ~keep)
+
+
+def test_grouped_attention_with_dropout_matches_the_unfused_computation(monkeypatch):
+    import vatt.model.attention as attention
+    from vatt.model.dropout import dropout
+    monkeypatch.setattr(attention, "_GROUP_ELEMENTS", 3 * 37 * 37)  # groups of 3 (clip, head) blocks, last one short
+    q, k, v = (torch.randn(2, 4, 37, 16, requires_grad=True) for _ in range(3))
+    torch.manual_seed(6)
+    reference = dropout((q @ k.transpose(-2, -1) * 0.25).softmax(-1), 0.2, True) @ v
+    ref_grads = torch.autograd.grad(reference.square().sum(), (q, k, v))
+    torch.manual_seed(6)  # the same seed draws the same mask
+    out = attention.dropped_attention(q, k, v, 0.2, 0.25)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    assert torch.allclose(out, reference, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(6)
+        low = attention.dropped_attention(q, k, v, 0.2, 0.25)
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), reference, atol=0.05)

@@ -345,3 +345,23 @@ def test_mixup_beta_5_5_mixes_waveforms_and_labels():
     assert torch.allclose(partner, partner.round(), atol=0.05)
     partner_class = partner.round().long() % 10
     torch.testing.assert_close(ml[rows, partner_class], 1 - own[rows])
+
+
+def test_color_jitter_gives_the_same_floats_as_the_previous_implementation():
+    from bench.color_jitter import reference_color_jitter
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(5, 24, 20, 3, generator=g) * 2 - 1
+    # edge pixels: black, white, greys (spread 0), channel ties (the hue's red-first / green-next order),
+    # and near-black pixels that a negative brightness delta takes to v <= 0
+    x[0, :4, :4] = -1.0
+    x[0, 4:8, :4] = 1.0
+    x[1, :4, :4] = torch.tensor([0.2, 0.2, 0.2])
+    x[1, 4:8, :4] = torch.tensor([0.5, 0.5, -0.3])
+    x[1, 8:12, :4] = torch.tensor([-0.3, 0.5, 0.5])
+    x[2, :4, :4] = torch.tensor([-0.98, -0.99, -0.97])
+    batch = torch.stack([x, x.flip(1)])
+    for seed in range(12):
+        for prob in (1.0, 0.8):
+            new = T.color_jitter(batch, torch.Generator().manual_seed(seed), prob=prob)
+            old = reference_color_jitter(batch, torch.Generator().manual_seed(seed), prob=prob)
+            assert torch.equal(new, old), f"seed {seed}: max difference {(new - old).abs().max().item():.3g}"

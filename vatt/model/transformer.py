@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vatt.model.attention import dropped_attention
 from vatt.model.dropout import Dropout, dropout
 
 from vatt.configs import TransformerConfig
@@ -51,7 +52,9 @@ class MultiHeadAttention(nn.Module):
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
         p = self.dropout_rate if self.training else 0.0
-        if p > 0.0 and x.device.type == "cpu":
+        if 0.0 < p < 1.0 and x.device.type == "cpu" and attn_bias is None:
+            out = dropped_attention(q, k, v, p, self.d_kv**-0.5 if self.scale is None else self.scale)
+        elif p > 0.0 and x.device.type == "cpu":
             # SDPA on CPU falls back to this same math path when it has to drop attention probabilities;
             # written out, the dropout can use the fast CPU mask.
             scores = (q @ k.transpose(-2, -1)) * (self.d_kv**-0.5 if self.scale is None else self.scale)
@@ -86,8 +89,8 @@ class EncoderBlock(nn.Module):
         self.dropout = Dropout(cfg.dropout_rate)
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.layer_norm(x), attn_bias))
-        return x + self.dropout(self.mlp(self.mlp_layer_norm(x)))
+        x = self.dropout.add(self.attention(self.layer_norm(x), attn_bias), x)
+        return self.dropout.add(self.mlp(self.mlp_layer_norm(x)), x)
 
 
 class _Stack(nn.Module):
@@ -147,8 +150,8 @@ class T5Block(nn.Module):
         self.dropout = Dropout(cfg.dropout_rate)
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.layer_norm(x), attn_bias))
-        return x + self.dropout(self.mlp(self.mlp_layer_norm(x)))
+        x = self.dropout.add(self.attention(self.layer_norm(x), attn_bias), x)
+        return self.dropout.add(self.mlp(self.mlp_layer_norm(x)), x)
 
 
 def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int = 32, max_distance: int = 64) -> torch.Tensor:
