@@ -201,14 +201,19 @@ def step_sweep(args, device: torch.device, peak: float, report, compile: bool, e
                 report(f"  batch {batch} {'ckpt ' if ckpt else ''}skipped: budget spent")
                 break
             row = measure_step(preset, batch, device, compile, ckpt, args.steps, args.warmup)
-            if not row.get("oom"):
-                row["mfu"] = flops_per_clip * row["clips_per_s"] / peak
-                row["tflops"] = flops_per_clip * row["clips_per_s"] / 1e12
-            rows.append(row)
-            report(format_step_row(row))
-            if row.get("oom"):
+            if not record_step_row(row, rows, flops_per_clip, peak, report):
                 break
     return rows
+
+
+def record_step_row(row: dict, rows: list[dict], flops_per_clip: float, peak: float, report) -> bool:
+    """Add throughput and MFU to a measured step, keep and report it; False once the batch ran out of memory."""
+    if not row.get("oom"):
+        row["mfu"] = flops_per_clip * row["clips_per_s"] / peak
+        row["tflops"] = flops_per_clip * row["clips_per_s"] / 1e12
+    rows.append(row)
+    report(format_step_row(row))
+    return not row.get("oom")
 
 
 def format_step_row(r: dict) -> str:
@@ -238,12 +243,7 @@ def fsdp_step(args, device: torch.device, peak: float, report) -> list[dict]:
         rows = []
         for batch in [int(b) for b in args.fsdp_batches.split(",")]:
             row = measure_step(preset, batch, device, False, False, args.steps, args.warmup, fsdp=True)
-            if not row.get("oom"):
-                row["mfu"] = flops_per_clip * row["clips_per_s"] / peak
-                row["tflops"] = flops_per_clip * row["clips_per_s"] / 1e12
-            rows.append(row)
-            report(format_step_row(row))
-            if row.get("oom"):
+            if not record_step_row(row, rows, flops_per_clip, peak, report):
                 break
         return rows
     finally:
