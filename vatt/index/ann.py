@@ -13,12 +13,12 @@ list), trained by k-means on up to 64 points per list; nlist / 16 lists are scan
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from vatt.atomic import atomic_folder
 from vatt.index import store
 
 ANN_DIR = "ann"
@@ -74,28 +74,24 @@ def build_ann(index_dir: Path, manifest: dict, num_queries: int = 200, seed: int
     if table is None:
         raise ValueError(f"{index_dir}: nothing to build an ANN index over (no windows)")
     table = table.sort_by([("path", "ascending"), ("window", "ascending")])
-    out = index_dir / ANN_DIR
-    shutil.rmtree(out, ignore_errors=True)
-    tmp_dir = index_dir / f".{ANN_DIR}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir()
     info = {"kind": "faiss-ivf-flat", "rows": table.num_rows, "shards": sorted(manifest["shards"]), "columns": {}}
     rng = np.random.default_rng(seed)
-    for column in COLUMNS:
-        if column not in table.column_names:
-            continue
-        x, valid = store.vectors(table, column)
-        if not valid.any():
-            continue
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        x[~valid] = 0.0  # rows without this modality: a zero vector never scores above a real match
-        ivf = build_ivf(x, seed=seed)
-        queries = x[rng.choice(np.flatnonzero(valid), size=min(num_queries, int(valid.sum())), replace=False)]
-        recall = recall_at(ivf, x, queries)
-        faiss.write_index(ivf, str(tmp_dir / f"{column}.faiss"))
-        info["columns"][column] = {"nlist": ivf.nlist, "nprobe": ivf.nprobe, "recall@10": round(recall, 4),
-                                   "queries": len(queries)}
-    os.replace(tmp_dir, out)
+    # Written whole or not at all (vatt.atomic); a killed build leaves a `.tmp-*` the next run removes.
+    with atomic_folder(index_dir / ANN_DIR, what="ANN index") as tmp_dir:
+        for column in COLUMNS:
+            if column not in table.column_names:
+                continue
+            x, valid = store.vectors(table, column)
+            if not valid.any():
+                continue
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            x[~valid] = 0.0  # rows without this modality: a zero vector never scores above a real match
+            ivf = build_ivf(x, seed=seed)
+            queries = x[rng.choice(np.flatnonzero(valid), size=min(num_queries, int(valid.sum())), replace=False)]
+            recall = recall_at(ivf, x, queries)
+            faiss.write_index(ivf, str(tmp_dir / f"{column}.faiss"))
+            info["columns"][column] = {"nlist": ivf.nlist, "nprobe": ivf.nprobe, "recall@10": round(recall, 4),
+                                       "queries": len(queries)}
     manifest["ann"] = info
     store.write_manifest(index_dir, manifest)
     return info
