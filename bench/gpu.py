@@ -9,7 +9,7 @@ once `--budget-s` is spent the remaining rows and sections are listed as skipped
 
 1. parity:   the converted official tiny checkpoints on the device in float32 with TF32 off, against the
              official outputs (`../shared/parity/official-tiny`, or `--parity DIR`): max abs error, goal <= 1e-4.
-2. training: a short bf16 run of the real loop (`vatt.train.pretrain`, tiny model, a fixed pool of clips):
+2. training: a short bf16 run of the real loop (`vatt.pretrain.pretrain`, tiny model, a fixed pool of clips):
              the loss must fall.
 3. step:     the BBS pre-training step exactly as `vatt pretrain` runs it (`_Run._step`: forward of the three
              backbones and the FAC head under bf16 autocast, AsymmetricNCE, backward, NaN check, Adam), on
@@ -107,10 +107,10 @@ def make_run(preset: str, batch: int, device: torch.device, precision: str, comp
              fsdp: bool = False, extra: tuple[str, ...] = ()):
     """A `_Run` of the training loop and one batch of random clips on the device."""
     from vatt.data.datasets import collate
-    from vatt.train.config import load_config
-    from vatt.train.distributed import DistEnv
-    from vatt.train.loop import _Run
-    from vatt.train.optim import build_optimizer
+    from vatt.pretrain.config import load_config
+    from vatt.engine.distributed import DistEnv
+    from vatt.pretrain.loop import _Run
+    from vatt.engine.optim import build_optimizer
 
     out = tempfile.mkdtemp(prefix="vatt-gpu-bench-")
     cfg = load_config(None, overrides(preset, batch, 1000, precision, True, out) + [
@@ -231,7 +231,7 @@ def fsdp_step(args, device: torch.device, peak: float, report) -> list[dict]:
 
     import torch.distributed as dist
 
-    # as vatt.train.distributed.wrap_model: the model returns views, and the loop never modifies them in place
+    # as vatt.engine.distributed.wrap_model: the model returns views, and the loop never modifies them in place
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     preset = "tx_fac_tiny" if args.quick else "tx_fac_lbs"
     owns = not dist.is_initialized()
@@ -296,8 +296,8 @@ def parity(args, device: torch.device, report) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 def short_training(args, device: torch.device, report) -> dict:
-    from vatt.train.config import load_config
-    from vatt.train.loop import pretrain
+    from vatt.pretrain.config import load_config
+    from vatt.pretrain.loop import pretrain
 
     steps = 30 if args.quick else 60
     with tempfile.TemporaryDirectory() as out:

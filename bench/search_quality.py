@@ -28,7 +28,7 @@ def demo_tokenizer(demo_dir: Path, model):
     """The vocabulary `vatt demo` trained with, rebuilt the way it builds it (for checkpoints without vocab.txt)."""
     from vatt.data.datasets import read_manifest
     from vatt.data.text import WordTokenizer
-    from vatt.train.demo import DemoConfig, paraphrases
+    from vatt.demo import DemoConfig, paraphrases
 
     cfg = DemoConfig()
     rows = read_manifest(demo_dir / "data" / "manifest.csv")

@@ -5,7 +5,7 @@
     python bench/train_speed.py --sizes tiny          # quick
     python bench/train_speed.py --json out.json
 
-A step is what `vatt pretrain` does (it runs `vatt.train.pretrain` itself): forward of the three
+A step is what `vatt pretrain` does (it runs `vatt.pretrain.pretrain` itself): forward of the three
 backbones and the FAC head, AsymmetricNCE, backward, NaN check, Adam update, on in-memory random clips
 of the model's input size (no decoding). clips/s is the median over the timed steps. "2 processes" is
 `torchrun --nproc_per_node 2` (gloo, one thread each) on the same global batch, vs one process with
@@ -78,8 +78,8 @@ def peak_rss_gb() -> float | None:
 
 def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool) -> float:
     """Median clips/s of steps after `warmup`, in this process (or this rank, under torchrun)."""
-    from vatt.train.config import load_config
-    from vatt.train.loop import pretrain
+    from vatt.pretrain.config import load_config
+    from vatt.pretrain.loop import pretrain
 
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(None, overrides(preset, batch, steps, precision, droptoken, out))
@@ -109,7 +109,7 @@ def step_flops(preset: str, batch: int, droptoken: bool) -> float:
     from bench.model_speed import flop_counter
     import vatt.model
     from vatt.losses import AsymmetricNCE
-    from vatt.train.config import load_config
+    from vatt.pretrain.config import load_config
 
     cfg = load_config(None, overrides(preset, batch, 1, "fp32", droptoken, "unused"))
     model = vatt.model.build_model(cfg.model.build_config()).train()

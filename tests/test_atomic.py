@@ -16,10 +16,10 @@ from vatt.cli import main as cli
 from vatt.data.datasets import collate
 from vatt.data.text import WordTokenizer
 from vatt.embed import embed_text, read_embeddings, write_embeddings
-from vatt.train import checkpoint as ckpt
-from vatt.train.progress import MetricsWriter, read_metrics
+from vatt.engine import checkpoint as ckpt
+from vatt.engine.progress import MetricsWriter, read_metrics
 
-from tests.test_train_loop import SynthClips, tiny_config
+from tests.test_pretrain_loop import SynthClips, tiny_config
 
 
 @pytest.fixture()
@@ -126,7 +126,7 @@ def test_commands_stop_with_a_message_and_keep_what_was_there(tmp_path, disk_ful
     assert not list(tmp_path.glob("e.*")) and _leftovers(tmp_path) == []
 
     # pre-training: the checkpoint after the good one fails; the run stops, the good one resumes
-    from vatt.train.loop import pretrain
+    from vatt.pretrain.loop import pretrain
     disk_full(None)
     out = tmp_path / "run"
     cfg = tiny_config(out, "optim.warmup_steps=1", "optim.total_steps=2", "checkpoint.every_steps=2",

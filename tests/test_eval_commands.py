@@ -325,7 +325,7 @@ def test_embed_help_names_its_modality_choices_once(capsys):
 
 def test_long_steps_print_plain_progress_lines_when_not_on_a_terminal(tiny_dir, sample, tmp_path, capsys):
     # With output to a file, eval printed nothing until it finished (tqdm bars are off without a terminal).
-    from vatt.train.progress import PlainProgress
+    from vatt.engine.progress import PlainProgress
 
     lines = []
 

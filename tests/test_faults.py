@@ -24,9 +24,9 @@ from vatt.data.sample_data import write_sample_dataset
 from vatt.data.shards import write_shards
 from vatt.data.text import WordTokenizer
 from vatt.embed import read_embeddings
-from vatt.train import checkpoint as ckpt
-from vatt.train.config import load_config
-from vatt.train.loop import pretrain
+from vatt.engine import checkpoint as ckpt
+from vatt.pretrain.config import load_config
+from vatt.pretrain.loop import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 10

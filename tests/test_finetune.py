@@ -17,7 +17,7 @@ from vatt.cli import main
 from vatt.data.datasets import ClassificationDataset, LabeledItem, sample_generator
 from vatt.data.sample_data import write_sample_dataset
 from vatt.finetune.config import ConfigError, load_config
-from vatt.finetune.evaluate import classification_metrics, predict
+from vatt.eval.classification import classification_metrics, predict
 from vatt.finetune.losses import (cross_entropy_on_probabilities, label_frequency_weights, sigmoid_cross_entropy,
                                   smooth_labels)
 from vatt.finetune.loop import finetune
@@ -285,7 +285,7 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_backbone_gradients_are_clipped_and_the_classifier_is_not(tmp_path):
     from vatt.finetune.loop import _Run
-    from vatt.train.distributed import init_distributed
+    from vatt.engine.distributed import init_distributed
 
     cfg = _config(tmp_path, "optim.total_steps=1", "optim.grad_clip_norm=1e-3", "optim.warmup_steps=0",
                   "optim.optimizer=sgd", "optim.momentum=0", "optim.lr=1.0")

@@ -120,7 +120,7 @@ def test_moments_merge_neighbouring_windows_around_a_peak():
 
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
-    from vatt.train.demo import DemoConfig, run_demo
+    from vatt.demo import DemoConfig, run_demo
 
     out = tmp_path_factory.mktemp("demo")
     # ~200 steps of 16 clips are enough for sound and picture to meet (about 30 s on 2 cores).

@@ -3,7 +3,7 @@ continues from.
 
 An official checkpoint written during pre-training (`tf.train.Checkpoint(model=..., optimizer=...)`) holds,
 beside the weights, Keras Adam's slots `<variable>/.OPTIMIZER_SLOT/optimizer/{m,v}` and the step counter
-`optimizer/iter`. Keras Adam (`vatt.train.optim.KerasAdam`) uses t = iter + 1 for the bias corrections of
+`optimizer/iter`. Keras Adam (`vatt.engine.optim.KerasAdam`) uses t = iter + 1 for the bias corrections of
 the next update and the learning rate of the schedule at `iter`, so resuming means:
 - the weights, as `convert_tf` maps them (BatchNorm moving statistics included);
 - per trainable parameter, `exp_avg` = m and `exp_avg_sq` = v laid out as the weight is (the same
@@ -75,16 +75,16 @@ def write_training_checkpoint(prefix: str, model: nn.Module, model_config: Any, 
     `weights`) and its Adam state, so that `vatt pretrain --resume` with `run.output_dir=<run_dir>` takes the
     next step the official run would have taken. Returns the folder.
 
-    The optimiser is the default of `vatt.train.config.OptimConfig` (Keras Adam, no weight decay: one
+    The optimiser is the default of `vatt.pretrain.config.OptimConfig` (Keras Adam, no weight decay: one
     parameter group), the official pre-training optimiser. A converted checkpoint has no data position or
     random state of ours: the resumed run reads its data from the start.
     """
     import vatt.configs
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    from vatt.train import checkpoint as ckpt
-    from vatt.train.config import OptimConfig
-    from vatt.train.optim import build_optimizer
+    from vatt.engine import checkpoint as ckpt
+    from vatt.pretrain.config import OptimConfig
+    from vatt.engine.optim import build_optimizer
 
     m, v, iterations = read_tf_optimizer_state(prefix)
     optimizer = build_optimizer(model, OptimConfig())

@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import time
 
-    from vatt.train.demo import DemoConfig, all_better, format_table, run_demo
-    from vatt.train.progress import ProgressBar, TqdmLoggingHandler
+    from vatt.demo import DemoConfig, all_better, format_table, run_demo
+    from vatt.engine.progress import ProgressBar, TqdmLoggingHandler
 
     handler = TqdmLoggingHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))

@@ -93,7 +93,7 @@ def model_folder(path: str):
     from pathlib import Path
 
     from vatt.checkpoint.io import CONFIG
-    from vatt.train.checkpoint import latest_checkpoint
+    from vatt.engine.checkpoint import latest_checkpoint
 
     folder = Path(path)
     if (folder / CONFIG).is_file():
@@ -119,10 +119,10 @@ def load_model(path: str, device: str = "cpu", vocab: str | None = None):
 
 class Bar:
     """Progress driven by `(done, total)` calls from the library: a tqdm bar on a terminal, a plain line
-    every 10 s where the output is a file or a pipe (`vatt.train.progress.ConsoleProgress`)."""
+    every 10 s where the output is a file or a pipe (`vatt.engine.progress.ConsoleProgress`)."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "file"):
-        from vatt.train.progress import ConsoleProgress
+        from vatt.engine.progress import ConsoleProgress
         self.bar = ConsoleProgress(desc, total, unit, leave=False)
 
     def __call__(self, done: int, total: int) -> None:

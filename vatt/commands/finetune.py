@@ -33,10 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _Bars:
-    """Training bar (vatt.train.progress.ProgressBar) plus a bar per evaluation."""
+    """Training bar (vatt.engine.progress.ProgressBar) plus a bar per evaluation."""
 
     def __init__(self):
-        from vatt.train.progress import ProgressBar
+        from vatt.engine.progress import ProgressBar
         self.train = ProgressBar(desc="fine-tuning")
         self.eval_bar = None
 
@@ -87,8 +87,8 @@ def _evaluate_only(config, model_dir: str) -> int:
     from vatt.checkpoint.io import load
     from vatt.commands.embed import table, write_json
     from vatt.finetune.data import build_datasets
-    from vatt.finetune.evaluate import classification_metrics, predict
-    from vatt.train.loop import autocast_dtype
+    from vatt.eval.classification import classification_metrics, predict
+    from vatt.precision import autocast_dtype
 
     t0 = time.perf_counter()
     model = load(model_dir)
@@ -133,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
 
     from vatt.commands.embed import table, write_json
     from vatt.finetune.loop import TrainingDiverged, finetune
-    from vatt.train.checkpoint import OutputDirNotEmpty
-    from vatt.train.progress import TqdmLoggingHandler
+    from vatt.engine.checkpoint import OutputDirNotEmpty
+    from vatt.engine.progress import TqdmLoggingHandler
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
     handler = TqdmLoggingHandler()

@@ -33,15 +33,15 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from vatt.commands._config import load_or_report
-    from vatt.train.config import ConfigError, load_config
+    from vatt.pretrain.config import ConfigError, load_config
 
     config, exit_code = load_or_report("pretrain", load_config, ConfigError, args)
     if config is None:
         return exit_code
 
-    from vatt.train.checkpoint import OutputDirNotEmpty
-    from vatt.train.loop import TrainingDiverged, pretrain
-    from vatt.train.progress import ProgressBar, TqdmLoggingHandler
+    from vatt.engine.checkpoint import OutputDirNotEmpty
+    from vatt.pretrain.loop import TrainingDiverged, pretrain
+    from vatt.engine.progress import ProgressBar, TqdmLoggingHandler
 
     main_rank = int(os.environ.get("RANK", "0")) == 0  # torchrun sets RANK; the others only report errors
     handler = TqdmLoggingHandler()

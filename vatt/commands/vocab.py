@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vatt.commands.embed import parse_where
-    from vatt.train.data import build_vocabulary, is_shards
+    from vatt.pretrain.data import build_vocabulary, is_shards
 
     where = parse_where(args.where)
     if where and is_shards(args.source):

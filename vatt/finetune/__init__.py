@@ -18,8 +18,8 @@ _LAZY = {
     "load_config": ("vatt.finetune.config", "load_config"),
     "finetune": ("vatt.finetune.loop", "finetune"),
     "FinetuneResult": ("vatt.finetune.loop", "FinetuneResult"),
-    "evaluate_classifier": ("vatt.finetune.evaluate", "evaluate_classifier"),
-    "classification_metrics": ("vatt.finetune.evaluate", "classification_metrics"),
+    "evaluate_classifier": ("vatt.eval.classification", "evaluate_classifier"),
+    "classification_metrics": ("vatt.eval.classification", "classification_metrics"),
     "init_classifier": ("vatt.finetune.weights", "init_classifier"),
 }
 

@@ -10,7 +10,7 @@
     eval:       how often the validation set is scored, and by which metric the best model is chosen
 
 Defaults are the official fine-tuning recipe (`configs/experiment.py:Finetune`, `configs/dataset.py:Finetune`,
-spec section 7). The YAML reader and the `--set` parsing are those of `vatt.train.config`.
+spec section 7). The YAML reader and the `--set` parsing are those of `vatt.pretrain.config`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from vatt import configs as model_configs
-from vatt.train.config import ConfigError, _deep_merge, _field_type, _Loader, _message, _nest, parse_value
+from vatt.pretrain.config import ConfigError, _deep_merge, _field_type, _Loader, _message, _nest, parse_value
 
 CLASSIFIER_KINDS = ("video_classifier", "audio_classifier")
 

@@ -13,7 +13,7 @@ One optimiser step:
 Every `eval.every_steps` steps and at the end the validation set is scored with all its views (4 x 3 for
 video, logits averaged before the softmax); the best model by `eval.metric` is saved as a vatt model
 folder `<output_dir>/best/` (with `classes.txt` and `best.json`). Checkpoints (`<output_dir>/checkpoints/`)
-are those of `vatt.train.checkpoint`, written atomically, and `resume=True` continues from the latest.
+are those of `vatt.engine.checkpoint`, written atomically, and `resume=True` continues from the latest.
 """
 from __future__ import annotations
 
@@ -34,13 +34,13 @@ from vatt.atomic import atomic_folder, write_text
 from vatt.data.datasets import collate, sample_seed
 from vatt.data.errors import WORKER_DEATH_ERRORS, is_worker_death, worker_died
 from vatt.finetune.config import ConfigError, FinetuneConfig
-from vatt.finetune.evaluate import ClassificationResult, classification_metrics, predict
+from vatt.eval.classification import ClassificationResult, classification_metrics, predict
 from vatt.finetune.losses import cross_entropy_on_probabilities, sigmoid_cross_entropy, smooth_labels
-from vatt.train import checkpoint as ckpt
-from vatt.train.data import MicroBatches
-from vatt.train.distributed import all_reduce, barrier, init_distributed, shutdown_distributed, wrap_model
-from vatt.train.optim import set_learning_rate
-from vatt.train.progress import Callback, MetricsWriter
+from vatt.engine import checkpoint as ckpt
+from vatt.pretrain.data import MicroBatches
+from vatt.engine.distributed import all_reduce, barrier, init_distributed, shutdown_distributed, wrap_model
+from vatt.engine.optim import set_learning_rate
+from vatt.engine.progress import Callback, MetricsWriter
 
 log = logging.getLogger("vatt.finetune")
 
@@ -103,7 +103,7 @@ class _Run:
         from vatt.finetune.optim import build_optimizer
         from vatt.finetune.weights import init_classifier
         from vatt.model.factory import build_model
-        from vatt.train.loop import autocast_dtype
+        from vatt.precision import autocast_dtype
 
         self.cfg, self.env, self.callbacks = cfg, env, callbacks
         self.out = Path(cfg.run.output_dir)

@@ -5,14 +5,14 @@ learning rate into the velocity:  v <- m v - lr_t g;  w <- w + v  (Nesterov: w <
 `torch.optim.SGD` instead accumulates raw gradients and scales the sum by today's rate
 (b <- m b + g; w <- w - lr_t b). The two agree at a constant rate but not during the 2,500-step warm-up
 or the cosine decay, so `KerasSGD` implements the Keras form. The learning-rate schedule is
-`vatt.train.optim.learning_rate` (linear warm-up, then cosine to `final_lr`), a function of the step.
+`vatt.engine.optim.learning_rate` (linear warm-up, then cosine to `final_lr`), a function of the step.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from vatt.train.optim import param_groups
+from vatt.engine.optim import param_groups
 
 
 class KerasSGD(torch.optim.Optimizer):

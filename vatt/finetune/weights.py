@@ -145,7 +145,7 @@ def _resolve_folder(path: Path) -> Path:
 
     if (path / CONFIG).is_file():
         return path
-    from vatt.train.checkpoint import latest_checkpoint
+    from vatt.engine.checkpoint import latest_checkpoint
 
     for root in (path / "checkpoints", path):
         latest = latest_checkpoint(root)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from vatt.data.datasets import SkipCounter, sample_seed
 
-log = logging.getLogger("vatt.train")
+log = logging.getLogger("vatt.pretrain")
 
 
 class PretrainBatchSampler(Sampler[list[tuple[int, int]]]):

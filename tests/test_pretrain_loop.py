@@ -1,8 +1,8 @@
-"""vatt.train.loop: a tiny pre-training run learns; resume, divergence guard, masks, DDP/FSDP equivalence.
+"""vatt.pretrain.loop: a tiny pre-training run learns; resume, divergence guard, masks, DDP/FSDP equivalence.
 
 Runs the real `tx_fac_tiny` model on synthetic clips (the media pipeline has its own tests) so that a
 step takes a fraction of a second. This file is also the worker script of the torchrun test
-(`python -m torch.distributed.run ... tests/test_train_loop.py OUT_DIR [--set ...]`).
+(`python -m torch.distributed.run ... tests/test_pretrain_loop.py OUT_DIR [--set ...]`).
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import torch
 from torch.utils.data import Dataset
 
 from vatt.data.datasets import collate, sample_generator
-from vatt.train import checkpoint as ckpt
-from vatt.train.config import load_config
-from vatt.train.loop import TrainingDiverged, pretrain
-from vatt.train.progress import Callback, read_metrics
+from vatt.engine import checkpoint as ckpt
+from vatt.pretrain.config import load_config
+from vatt.pretrain.loop import TrainingDiverged, pretrain
+from vatt.engine.progress import Callback, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_accumulation_checkpointing_adamw_and_clipping(tmp_path):
 
 def test_nan_batch_is_skipped_and_counted(tmp_path, caplog):
     # 16 clips, batch 8: clip 5 is in exactly one batch per epoch, so 2 of 4 steps see a NaN.
-    caplog.set_level(logging.WARNING, logger="vatt.train")
+    caplog.set_level(logging.WARNING, logger="vatt.pretrain")
     out = tmp_path / "run"
     result = pretrain(tiny_config(out, "optim.total_steps=4", "checkpoint.every_steps=0"),
                       train_dataset=SynthClips(16, nan_clips=(5,)), collate_fn=collate)
@@ -241,7 +241,7 @@ if __name__ == "__main__":
 def test_new_run_refuses_an_earlier_runs_folder_and_overwrite_starts_over(tmp_path, caplog):
     from vatt.data.text import WordTokenizer
 
-    caplog.set_level(logging.INFO, logger="vatt.train")
+    caplog.set_level(logging.INFO, logger="vatt.pretrain")
     out = tmp_path / "run"
     tokenizer = WordTokenizer.build(["a red circle", "a blue square"], max_size=16)
     first = pretrain(tiny_config(out, "optim.total_steps=4", "checkpoint.every_steps=2", "eval.every_steps=2",
@@ -270,7 +270,7 @@ def test_ddp_wrapping_prints_no_deprecation_warning(tmp_path):
 
     import torch.distributed as dist
 
-    from vatt.train.distributed import DistEnv, wrap_model
+    from vatt.engine.distributed import DistEnv, wrap_model
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         env = DistEnv(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))  # wrap as for 2 ranks

@@ -1,12 +1,12 @@
-"""vatt.train.optim: the official schedule and optimiser settings."""
+"""vatt.engine.optim: the official schedule and optimiser settings."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from vatt.train.config import OptimConfig
-from vatt.train.optim import KerasAdam, build_optimizer, learning_rate, param_groups, set_learning_rate
+from vatt.pretrain.config import OptimConfig
+from vatt.engine.optim import KerasAdam, build_optimizer, learning_rate, param_groups, set_learning_rate
 
 
 def official_schedule(step: int) -> float:

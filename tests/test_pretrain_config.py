@@ -1,11 +1,11 @@
-"""vatt.train.config and the `vatt pretrain` command line: typed overrides, errors that name the field."""
+"""vatt.pretrain.config and the `vatt pretrain` command line: typed overrides, errors that name the field."""
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from vatt.train.config import ConfigError, PretrainConfig, load_config, parse_value
+from vatt.pretrain.config import ConfigError, PretrainConfig, load_config, parse_value
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ def test_defaults_are_the_official_recipe():
 
 
 def test_train_where_on_shards_is_an_error_not_ignored(tmp_path):
-    from vatt.train.data import build_dataset
+    from vatt.pretrain.data import build_dataset
 
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -133,7 +133,7 @@ def test_sample_config_names_its_deviations_and_its_windows_keep_their_audio(tmp
     # The sample config barely learned and its audio side collapsed: dropout on, and windows placed by the
     # frames' 0.8 s alone ran the 3.2 s of audio past the end of the 4 s clips (audio_mask 0: no audio loss).
     from vatt.data.sample_data import write_sample_dataset
-    from vatt.train.data import build_dataset, build_tokenizer
+    from vatt.pretrain.data import build_dataset, build_tokenizer
 
     cfg = load_config(ROOT / "configs" / "pretrain_tiny_sample.yaml")
     text = (ROOT / "configs" / "pretrain_tiny_sample.yaml").read_text()

@@ -1,4 +1,4 @@
-"""vatt.train.checkpoint: atomic writes, keep-last-K, safe loading, RNG round trip."""
+"""vatt.engine.checkpoint: atomic writes, keep-last-K, safe loading, RNG round trip."""
 import random
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vatt
-from vatt.train import checkpoint as ckpt
+from vatt.engine import checkpoint as ckpt
 
 
 def _save(root, step, keep_last=3, model=None):

@@ -3,7 +3,7 @@
 The official tiny tx_fac took three pre-training steps from `tx_fac/ckpt/ckpt-1` with its Adam state
 (DropToken and every dropout off, batch 4 x 2 captions, the official Adam and a 6-step warm-up/cosine
 schedule) and saved `ckpt-4`. Here `vatt convert-tf --optimizer-state` converts ckpt-1, and the library's
-own pre-training loop (`vatt.train.loop.pretrain`, what `vatt pretrain` runs) resumes from it on the same
+own pre-training loop (`vatt.pretrain.loop.pretrain`, what `vatt pretrain` runs) resumes from it on the same
 batches. Checked: losses and learning rates, the step-1 gradients, every parameter's update of every step,
 the BatchNorm moving statistics (also for each step alone, from the official weights before it), and that
 ckpt-4 converted the same way resumes where the official run stopped (its next step equals the next step of
@@ -23,9 +23,9 @@ from vatt.checkpoint.convert_tf import SUFFIX, convert_arrays
 from vatt.checkpoint.official_config import from_official_config
 from vatt.cli import main as cli
 from vatt.model.factory import build_model
-from vatt.train import checkpoint as ckpt
-from vatt.train.config import config_from_dict
-from vatt.train.loop import pretrain
+from vatt.engine import checkpoint as ckpt
+from vatt.pretrain.config import config_from_dict
+from vatt.pretrain.loop import pretrain
 from tests.conftest import shared_path
 
 # Tolerances. The issue asks for losses within 1e-5 relative, step-1 gradients within 1e-4 of each tensor's
@@ -239,8 +239,8 @@ def test_adam_step_on_official_gradients(ref, model_config, tmp_path, optimizer)
     does not: this tolerance tells the two ε forms apart."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    from vatt.train.config import OptimConfig
-    from vatt.train.optim import build_optimizer, set_learning_rate
+    from vatt.pretrain.config import OptimConfig
+    from vatt.engine.optim import build_optimizer, set_learning_rate
 
     tx_fac = shared_path("parity", "official-tiny", "tx_fac")
     convert_with_optimizer(tx_fac / "ckpt" / "ckpt-1", tx_fac / "config.json", tmp_path)

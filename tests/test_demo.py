@@ -1,11 +1,11 @@
-"""vatt.train.demo: the whole demo on a handful of clips (its learning is checked by running `vatt demo`)."""
+"""vatt.demo: the whole demo on a handful of clips (its learning is checked by running `vatt demo`)."""
 import json
 
 import pytest
 import torch
 
 from vatt.data.datasets import read_manifest
-from vatt.train.demo import METRICS, DemoConfig, format_table, paraphrases, run_demo
+from vatt.demo import METRICS, DemoConfig, format_table, paraphrases, run_demo
 
 
 def test_demo_runs_end_to_end_on_a_few_clips(tmp_path):

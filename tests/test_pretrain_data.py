@@ -1,14 +1,14 @@
-"""vatt.train.data: the per-rank batch order, and pre-training from a manifest and from shards (real media)."""
+"""vatt.pretrain.data: the per-rank batch order, and pre-training from a manifest and from shards (real media)."""
 import pytest
 import torch
 
 import vatt
 from vatt.data.sample_data import write_sample_dataset
 from vatt.data.shards import write_shards
-from vatt.train.config import load_config
-from vatt.train.data import PretrainBatchSampler
-from vatt.train.loop import pretrain
-from vatt.train.progress import Callback, read_metrics
+from vatt.pretrain.config import load_config
+from vatt.pretrain.data import PretrainBatchSampler
+from vatt.pretrain.loop import pretrain
+from vatt.engine.progress import Callback, read_metrics
 
 
 def test_ranks_and_micro_batches_partition_the_global_batch():

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from vatt.train.config import OptimConfig
+from vatt.pretrain.config import OptimConfig
 
 
 def learning_rate(step: int, cfg: OptimConfig) -> float:

@@ -28,18 +28,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vatt import faults
+from vatt.precision import autocast_dtype
 from vatt.checkpoint.io import load_state
 from vatt.data.datasets import collate, sample_seed
 from vatt.data.errors import WORKER_DEATH_ERRORS, is_worker_death, worker_died
-from vatt.train import checkpoint as ckpt
-from vatt.train.config import PretrainConfig
-from vatt.train.data import MicroBatches
-from vatt.train.distributed import (DistEnv, all_reduce, barrier, convert_batchnorm, init_distributed,
+from vatt.engine import checkpoint as ckpt
+from vatt.pretrain.config import PretrainConfig
+from vatt.pretrain.data import MicroBatches
+from vatt.engine.distributed import (DistEnv, all_reduce, barrier, convert_batchnorm, init_distributed,
                                     shutdown_distributed, wrap_model)
-from vatt.train.optim import build_optimizer, set_learning_rate
-from vatt.train.progress import Callback, MetricsWriter
+from vatt.engine.optim import build_optimizer, set_learning_rate
+from vatt.engine.progress import Callback, MetricsWriter
 
-log = logging.getLogger("vatt.train")
+log = logging.getLogger("vatt.pretrain")
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,20 +94,6 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, callbacks: Iterabl
         shutdown_distributed(env)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bfloat16 for "bf16" (and for "auto" where the device computes bf16 fast); None = float32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    try:  # oneDNN's check for AVX512-BF16 / AMX; private, hence the fallback
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
 class _Run:
     """State of one `pretrain` call: model, optimiser, data, counters, writers."""
 
@@ -146,7 +133,7 @@ class _Run:
         if train_dataset is None:
             if not cfg.data.train:
                 raise ValueError("data.train is empty: name a manifest or a folder of shards in data.train")
-            from vatt.train.data import build_dataset, build_tokenizer
+            from vatt.pretrain.data import build_dataset, build_tokenizer
             self.tokenizer = build_tokenizer(cfg.data, self.model_config, self.out) if env.is_main else None
             barrier()  # rank 0 may have just written vocab.txt
             if not env.is_main:
@@ -387,7 +374,7 @@ class _Run:
     # ------------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Zero-shot retrieval on the held-out clips (all ranks compute it; FSDP needs every rank)."""
-        from vatt.train.evaluation import embed_clips, zero_shot_retrieval
+        from vatt.pretrain.evaluation import embed_clips, zero_shot_retrieval
         keys = [(0, i) for i in range(min(len(self.heldout), self.cfg.eval.max_clips))]  # (epoch, index), as in training
         loader = DataLoader(self.heldout, sampler=keys, batch_size=max(self.micro_batch, 16), collate_fn=self.collate_fn,
                             num_workers=self.cfg.data.num_workers)

@@ -10,7 +10,7 @@
    a few hundred clips seen for dozens of epochs are learnt by heart (caption -> that very clip: R@1
    near 100% on training clips, a few % on held-out ones); real corpora give several sentences per
    clip for the same reason (the official loader uses 5, `max_context_sentences`).
-3. Pre-train `tx_fac_tiny` with `vatt.train.pretrain` (the same engine as `vatt pretrain`) for a time
+3. Pre-train `tx_fac_tiny` with `vatt.pretrain.pretrain` (the same engine as `vatt pretrain`) for a time
    budget: the step count is fixed up front from the measured speed of a few steps, so the schedule
    (warm-up, cosine) runs to its end.
 4. Compare the pre-trained model with the same model at its random initialisation on the held-out clips:
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vatt.atomic import write_json
 
-log = logging.getLogger("vatt.train")
+log = logging.getLogger("vatt.pretrain")
 
 PRESET = "tx_fac_tiny"
 
@@ -156,7 +156,7 @@ def paraphrases(rows, seed: int, count: int) -> list[list[str]]:
 
 def _embed(model, clips: Dataset, amp_dtype, batch_size: int = 64) -> dict[str, np.ndarray]:
     from vatt.data.datasets import collate
-    from vatt.train.evaluation import embed_clips
+    from vatt.pretrain.evaluation import embed_clips
 
     keys = [(0, i) for i in range(len(clips))]
     loader = DataLoader(clips, sampler=keys, batch_size=batch_size, collate_fn=collate)
@@ -166,7 +166,7 @@ def _embed(model, clips: Dataset, amp_dtype, batch_size: int = 64) -> dict[str, 
 def evaluate_model(model, train_clips: Dataset, heldout_clips: Dataset, amp_dtype) -> tuple[dict[str, float], dict]:
     """Zero-shot retrieval on the held-out clips and a logistic-regression probe (train → held-out)."""
     from vatt.eval.linear_probe import evaluate_splits
-    from vatt.train.evaluation import zero_shot_retrieval
+    from vatt.pretrain.evaluation import zero_shot_retrieval
 
     heldout = _embed(model, heldout_clips, amp_dtype)
     train = _embed(model, train_clips, amp_dtype)
@@ -192,8 +192,8 @@ def measure_step_seconds(settings: list[str], dataset: Dataset, steps: int = 6) 
     """Median seconds of a step of the real loop (data, forward, loss, backward, update), no checkpoints."""
     import tempfile
 
-    from vatt.train.config import load_config
-    from vatt.train.loop import pretrain
+    from vatt.pretrain.config import load_config
+    from vatt.pretrain.loop import pretrain
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, settings + [f"run.output_dir={tmp}", f"optim.total_steps={steps}",
@@ -215,8 +215,9 @@ def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
     from vatt.data.text import WordTokenizer
     from vatt.embed import clip_spec
     from vatt.eval.visualize import plot_features_2d
-    from vatt.train.config import load_config
-    from vatt.train.loop import autocast_dtype, pretrain
+    from vatt.pretrain.config import load_config
+    from vatt.pretrain.loop import pretrain
+    from vatt.precision import autocast_dtype
     from threadpoolctl import threadpool_limits
 
     out = Path(cfg.out_dir)

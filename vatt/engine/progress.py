@@ -1,7 +1,7 @@
 """What a run reports: callbacks (for a progress bar or a notebook), metrics.jsonl and TensorBoard.
 
 The library never prints. The loop calls `Callback` hooks on rank 0 and logs messages through the
-`logging` module (logger "vatt.train"); the `vatt pretrain` command installs `ProgressBar` and a logging
+`logging` module (logger "vatt.pretrain"); the `vatt pretrain` command installs `ProgressBar` and a logging
 handler that writes above the bar.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from vatt.atomic import WriteFailed, write_text
 
-log = logging.getLogger("vatt.train")
+log = logging.getLogger("vatt.pretrain")
 
 
 class Callback:
