@@ -11,7 +11,7 @@ once `--budget-s` is spent the remaining rows and sections are listed as skipped
              official outputs (`../shared/parity/official-tiny`, or `--parity DIR`): max abs error, goal <= 1e-4.
 2. training: a short bf16 run of the real loop (`vatt.pretrain.pretrain`, tiny model, a fixed pool of clips):
              the loss must fall.
-3. step:     the BBS pre-training step exactly as `vatt pretrain` runs it (`_Run._step`: forward of the three
+3. step:     the BBS pre-training step exactly as `vatt pretrain` runs it (`Trainer.train_step`: forward of the three
              backbones and the FAC head under bf16 autocast, AsymmetricNCE, backward, NaN check, Adam), on
              in-memory random clips already on the device, attention through `F.scaled_dot_product_attention`
              (flash kernel on CUDA), eager. Batch sizes doubling until out of memory, with and without
@@ -105,11 +105,12 @@ def is_oom(e: BaseException) -> bool:
 
 def make_run(preset: str, batch: int, device: torch.device, precision: str, compile: bool, ckpt: bool,
              fsdp: bool = False, extra: tuple[str, ...] = ()):
-    """A `_Run` of the training loop and one batch of random clips on the device."""
+    """A `Trainer` of the pre-training task and one batch of random clips on the device."""
     from vatt.data.datasets import collate
     from vatt.pretrain.config import load_config
-    from vatt.engine.distributed import DistEnv
-    from vatt.pretrain.loop import _Run
+    from vatt.distributed import DistEnv
+    from vatt.engine.loop import Trainer
+    from vatt.pretrain.task import PretrainTask
     from vatt.engine.optim import build_optimizer
 
     out = tempfile.mkdtemp(prefix="vatt-gpu-bench-")
@@ -117,7 +118,7 @@ def make_run(preset: str, batch: int, device: torch.device, precision: str, comp
         f"run.device={device.type}", f"model.compile={str(compile).lower()}",
         f"model.grad_checkpointing={str(ckpt).lower()}", *extra])
     data = RandomClips(preset, n=batch, pool=min(batch, 8))
-    run = _Run(cfg, DistEnv(0, 0, 1, device), [], data, None, None)
+    run = Trainer(cfg, PretrainTask(cfg, data), DistEnv(0, 0, 1, device), data)
     if fsdp:  # wrap_model leaves a one-rank model unwrapped; shard it as run.parallel=fsdp does on many ranks
         from torch.distributed.fsdp import fully_shard
         for m in list(run.raw_model.modules()):
@@ -139,7 +140,7 @@ def step_flops(preset: str, batch: int, device: torch.device) -> float:
     run, clips = make_run(preset, batch, device, "bf16", False, False)
     run.model.train()
     with flop_counter() as counter:
-        run._loss(clips).total.backward()
+        run.task.loss(clips)["loss"].backward()
     del run
     return float(counter.get_total_flops())
 
@@ -147,12 +148,12 @@ def step_flops(preset: str, batch: int, device: torch.device) -> float:
 def time_steps(run, clips, device: torch.device, steps: int, warmup: int) -> tuple[list[float], list[float]]:
     losses = []
     for _ in range(warmup):
-        losses.append(run._step([clips])["loss"])
+        losses.append(run.train_step([clips])["loss"])
     times = []
     for _ in range(steps):
         sync(device)
         start = time.perf_counter()
-        losses.append(run._step([clips])["loss"])  # ends with .tolist(): the step is finished on the device
+        losses.append(run.train_step([clips])["loss"])  # ends with .tolist(): the step is finished on the device
         times.append(time.perf_counter() - start)
     return times, losses
 
@@ -231,7 +232,7 @@ def fsdp_step(args, device: torch.device, peak: float, report) -> list[dict]:
 
     import torch.distributed as dist
 
-    # as vatt.engine.distributed.wrap_model: the model returns views, and the loop never modifies them in place
+    # as vatt.engine.parallel.wrap_model: the model returns views, and the loop never modifies them in place
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     preset = "tx_fac_tiny" if args.quick else "tx_fac_lbs"
     owns = not dist.is_initialized()
@@ -297,7 +298,7 @@ def parity(args, device: torch.device, report) -> dict:
 
 def short_training(args, device: torch.device, report) -> dict:
     from vatt.pretrain.config import load_config
-    from vatt.pretrain.loop import pretrain
+    from vatt.pretrain.task import pretrain
 
     steps = 30 if args.quick else 60
     with tempfile.TemporaryDirectory() as out:

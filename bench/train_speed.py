@@ -79,7 +79,7 @@ def peak_rss_gb() -> float | None:
 def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool) -> float:
     """Median clips/s of steps after `warmup`, in this process (or this rank, under torchrun)."""
     from vatt.pretrain.config import load_config
-    from vatt.pretrain.loop import pretrain
+    from vatt.pretrain.task import pretrain
 
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(None, overrides(preset, batch, steps, precision, droptoken, out))

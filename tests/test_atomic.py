@@ -126,7 +126,7 @@ def test_commands_stop_with_a_message_and_keep_what_was_there(tmp_path, disk_ful
     assert not list(tmp_path.glob("e.*")) and _leftovers(tmp_path) == []
 
     # pre-training: the checkpoint after the good one fails; the run stops, the good one resumes
-    from vatt.pretrain.loop import pretrain
+    from vatt.pretrain.task import pretrain
     disk_full(None)
     out = tmp_path / "run"
     cfg = tiny_config(out, "optim.warmup_steps=1", "optim.total_steps=2", "checkpoint.every_steps=2",

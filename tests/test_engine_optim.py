@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from vatt.pretrain.config import OptimConfig
+from vatt.pretrain.config import PretrainOptimConfig as OptimConfig
 from vatt.engine.optim import KerasAdam, build_optimizer, learning_rate, param_groups, set_learning_rate
 
 

@@ -26,7 +26,7 @@ from vatt.data.text import WordTokenizer
 from vatt.embed import read_embeddings
 from vatt.engine import checkpoint as ckpt
 from vatt.pretrain.config import load_config
-from vatt.pretrain.loop import pretrain
+from vatt.pretrain.task import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 10

@@ -1,9 +1,19 @@
-"""vatt.finetune: official losses and optimiser, weight initialisation, multi-view scoring, the loop (learning,
-resume, best model), image and multi-label tasks, the configs and the `vatt finetune` command."""
+"""vatt.finetune: official losses and optimiser, weight initialisation, multi-view scoring, the task on the
+training engine (learning, resume, best model, two ranks = one process, killed and resumed), image and
+multi-label tasks, the configs and the `vatt finetune` command.
+
+This file is also the worker script of the torchrun and kill tests
+(`python -m torch.distributed.run ... tests/test_finetune.py OUT_DIR [--set ...] [--hang-at N --marker F]`).
+"""
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +28,14 @@ from vatt.data.datasets import ClassificationDataset, LabeledItem, sample_genera
 from vatt.data.sample_data import write_sample_dataset
 from vatt.finetune.config import ConfigError, load_config
 from vatt.eval.classification import classification_metrics, predict
-from vatt.finetune.losses import (cross_entropy_on_probabilities, label_frequency_weights, sigmoid_cross_entropy,
+from vatt.losses import (cross_entropy_on_probabilities, label_frequency_weights, sigmoid_cross_entropy,
                                   smooth_labels)
-from vatt.finetune.loop import finetune
-from vatt.finetune.optim import KerasSGD
+from vatt.engine import checkpoint as ckpt
+from vatt.engine.progress import read_metrics
+from vatt.finetune.task import finetune
+from vatt.engine.optim import KerasSGD
 from vatt.finetune.weights import init_classifier
+from tests.test_pretrain_loop import _Hang
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -284,14 +297,17 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_backbone_gradients_are_clipped_and_the_classifier_is_not(tmp_path):
-    from vatt.finetune.loop import _Run
-    from vatt.engine.distributed import init_distributed
+    from vatt.distributed import init_distributed
+    from vatt.engine.loop import Trainer
+    from vatt.finetune.task import FinetuneTask
 
     cfg = _config(tmp_path, "optim.total_steps=1", "optim.grad_clip_norm=1e-3", "optim.warmup_steps=0",
                   "optim.optimizer=sgd", "optim.momentum=0", "optim.lr=1.0")
-    run = _Run(cfg, init_distributed("cpu"), [], SynthTones(), None, None)
+    env = init_distributed("cpu")
+    task = FinetuneTask(cfg, SynthTones())
+    run = Trainer(cfg, task, env, task.prepare(env))
     before = {n: p.detach().clone() for n, p in run.raw_model.named_parameters()}
-    metrics = run._step([next(iter(run.data))])
+    metrics = run.train_step([next(iter(run.data))])
     moved = {n: (p.detach() - before[n]) for n, p in run.raw_model.named_parameters()}
     backbone = torch.sqrt(sum((d ** 2).sum() for n, d in moved.items() if "classification" not in n))
     head = torch.sqrt(sum((d ** 2).sum() for n, d in moved.items() if "classification" in n))
@@ -353,7 +369,7 @@ def test_official_defaults_and_config_errors():
     assert cfg.run.precision == "fp32" and cfg.data.audio_stride == 1  # the official models trained in float32
     with pytest.raises(ConfigError, match="optim.lrr.*did you mean 'lr'"):
         load_config(None, ["optim.lrr=1"])
-    with pytest.raises(ConfigError, match="not a classifier"):
+    with pytest.raises(ConfigError, match="not a video_classifier or audio_classifier model"):
         load_config(None, ["model.preset=tx_fac_tiny"])
     with pytest.raises(ConfigError, match="label_smoothing"):
         load_config(None, ["loss.label_smoothing=1.5"])
@@ -421,3 +437,86 @@ def test_resume_records_where_the_weights_started_even_when_the_source_is_gone(t
     assert resumed.step == 6 and resumed.init == first.init
     with pytest.raises(ValueError, match="not empty"):  # a new run into the same folder is refused
         finetune(_config(tmp_path / "run", *extra_more[1:]), train_dataset=SynthTones(), val_dataset=None)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The engine's shared contract: two ranks = one process; a killed run resumes on the same losses
+# ------------------------------------------------------------------------------------------------------
+# Dropout draws per rank; without it N ranks compute exactly what one process computes.
+NO_DROPOUT = ["model.overrides.classifier_dropout=0", "model.overrides.audio.transformer.dropout_rate=0",
+              "model.overrides.audio.pos_dropout_rate=0", "model.overrides.audio.droptoken.enabled=false"]
+
+
+def _run_worker(out: Path, settings: list[str], *extra: str, nproc: int = 0, **kwargs) -> subprocess.Popen:
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+                str(29600 + os.getpid() % 1000)] if nproc else []
+    return subprocess.Popen([sys.executable, *launcher, __file__, str(out), *[a for s in settings for a in ("--set", s)],
+                             *extra], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}, **kwargs)
+
+
+def _losses(out: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(out)]
+
+
+def test_two_ranks_match_one_process(tmp_path):
+    single, double = tmp_path / "one", tmp_path / "two"
+    settings = ["optim.total_steps=4", "log.every_steps=1", "optim.grad_accum_steps=2", "optim.optimizer=sgd",
+                "optim.lr=0.05", "optim.warmup_steps=0", "checkpoint.every_steps=2", *NO_DROPOUT]
+    one = finetune(_config(single, *settings), train_dataset=SynthTones(), val_dataset=None)
+    proc = _run_worker(double, settings, nproc=2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert len(_losses(single)) == 4
+    assert _losses(double) == pytest.approx(_losses(single), abs=1e-5)  # the same global batch, summed in another order
+    two = [r["train_top1"] for r in read_metrics(double)]
+    assert two == pytest.approx([r["train_top1"] for r in one.history], abs=1e-6)
+    saved = ckpt.load_train_state(ckpt.latest_checkpoint(double / "checkpoints"))
+    assert len(saved["ranks"]) == 2 and saved["ranks"][0]["rng"] != saved["ranks"][1]["rng"]  # each rank's own
+    a = vatt.load(ckpt.latest_checkpoint(single / "checkpoints")).state_dict()
+    b = vatt.load(ckpt.latest_checkpoint(double / "checkpoints")).state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_killed_run_resumes_on_the_same_losses(tmp_path):
+    # Dropout, audio noise and mixup draw from the per-step RNG; 2 DataLoader workers; 10 steps over 4 epochs.
+    settings = ["optim.total_steps=10", "log.every_steps=1", "checkpoint.every_steps=4", "data.num_workers=2",
+                "data.audio_noise=0.05", "data.mixup=true", "model.overrides.classifier_dropout=0.3"]
+    reference = tmp_path / "reference"
+    finetune(_config(reference, *settings), train_dataset=SynthTones(), val_dataset=None)
+
+    out, marker, log = tmp_path / "killed", tmp_path / "at_step_6", tmp_path / "killed.log"
+    with open(log, "w") as stderr:
+        proc = _run_worker(out, settings, "--hang-at", "6", "--marker", str(marker), start_new_session=True,
+                           stdout=stderr, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while not marker.exists():
+            assert proc.poll() is None, f"the run to be killed ended early:\n{log.read_text()[-3000:]}"
+            assert time.time() < deadline, f"the run to be killed never reached step 6:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its DataLoader workers
+        proc.wait()
+    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step_00000004"
+
+    result = finetune(_config(out, *settings), resume=True, train_dataset=SynthTones(), val_dataset=None)
+    assert [r["step"] for r in result.history] == list(range(5, 11))
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 11))  # steps 5, 6 of the killed run replaced
+    assert _losses(out) == pytest.approx(_losses(reference), abs=1e-6)
+
+
+def _worker_main() -> None:
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--hang-at", type=int, default=0)
+    parser.add_argument("--marker", default="")
+    args = parser.parse_args()
+    callbacks = [_Hang(args.hang_at, args.marker)] if args.hang_at else []
+    finetune(_config(Path(args.out), *args.set), train_dataset=SynthTones(), val_dataset=None, callbacks=callbacks)
+
+
+if __name__ == "__main__":
+    _worker_main()

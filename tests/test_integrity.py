@@ -16,7 +16,7 @@ from vatt.checkpoint.manifest import DamagedFolder, read_manifest, sha256_file
 from vatt.cli import main as cli
 from vatt.data.datasets import collate
 from vatt.engine import checkpoint as ckpt
-from vatt.pretrain.loop import pretrain
+from vatt.pretrain.task import pretrain
 
 from tests.test_pretrain_loop import SynthClips, tiny_config
 
@@ -161,7 +161,7 @@ def test_every_checkpoint_damaged_stops_the_resume(tmp_path):
 
 def test_finetuning_resume_falls_back_past_a_damaged_checkpoint(tmp_path, caplog):
     from tests.test_finetune import SynthTones, _config
-    from vatt.finetune.loop import finetune
+    from vatt.finetune.task import finetune
     extra = ["optim.total_steps=8", "checkpoint.every_steps=4", "eval.every_steps=0"]
     first = finetune(_config(tmp_path, *extra), train_dataset=SynthTones(), val_dataset=None)
     final = {k: v.clone() for k, v in ckpt.load_weights(first.last_checkpoint).items()}  # not a view of the file

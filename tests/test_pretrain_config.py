@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vatt.pretrain.config import ConfigError, PretrainConfig, load_config, parse_value
+from vatt.engine.config import parse_value
+from vatt.pretrain.config import ConfigError, PretrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ from vatt.data.sample_data import write_sample_dataset
 from vatt.data.shards import write_shards
 from vatt.pretrain.config import load_config
 from vatt.pretrain.data import PretrainBatchSampler
-from vatt.pretrain.loop import pretrain
+from vatt.pretrain.task import pretrain
 from vatt.engine.progress import Callback, read_metrics
 
 

@@ -1,4 +1,4 @@
-"""vatt.pretrain.loop: a tiny pre-training run learns; resume, divergence guard, masks, DDP/FSDP equivalence.
+"""vatt.pretrain.task: a tiny pre-training run learns; resume, divergence guard, masks, DDP/FSDP equivalence.
 
 Runs the real `tx_fac_tiny` model on synthetic clips (the media pipeline has its own tests) so that a
 step takes a fraction of a second. This file is also the worker script of the torchrun test
@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from vatt.data.datasets import collate, sample_generator
 from vatt.engine import checkpoint as ckpt
 from vatt.pretrain.config import load_config
-from vatt.pretrain.loop import TrainingDiverged, pretrain
+from vatt.pretrain.task import TrainingDiverged, pretrain
 from vatt.engine.progress import Callback, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,7 +270,8 @@ def test_ddp_wrapping_prints_no_deprecation_warning(tmp_path):
 
     import torch.distributed as dist
 
-    from vatt.engine.distributed import DistEnv, wrap_model
+    from vatt.distributed import DistEnv
+    from vatt.engine.parallel import wrap_model
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         env = DistEnv(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))  # wrap as for 2 ranks

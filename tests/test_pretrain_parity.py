@@ -3,7 +3,7 @@
 The official tiny tx_fac took three pre-training steps from `tx_fac/ckpt/ckpt-1` with its Adam state
 (DropToken and every dropout off, batch 4 x 2 captions, the official Adam and a 6-step warm-up/cosine
 schedule) and saved `ckpt-4`. Here `vatt convert-tf --optimizer-state` converts ckpt-1, and the library's
-own pre-training loop (`vatt.pretrain.loop.pretrain`, what `vatt pretrain` runs) resumes from it on the same
+own pre-training loop (`vatt.pretrain.task.pretrain`, what `vatt pretrain` runs) resumes from it on the same
 batches. Checked: losses and learning rates, the step-1 gradients, every parameter's update of every step,
 the BatchNorm moving statistics (also for each step alone, from the official weights before it), and that
 ckpt-4 converted the same way resumes where the official run stopped (its next step equals the next step of
@@ -25,7 +25,7 @@ from vatt.cli import main as cli
 from vatt.model.factory import build_model
 from vatt.engine import checkpoint as ckpt
 from vatt.pretrain.config import config_from_dict
-from vatt.pretrain.loop import pretrain
+from vatt.pretrain.task import pretrain
 from tests.conftest import shared_path
 
 # Tolerances. The issue asks for losses within 1e-5 relative, step-1 gradients within 1e-4 of each tensor's

@@ -223,7 +223,7 @@ def test_shards_carry_a_vocabulary_that_pretraining_reads(tmp_path, sample_dir, 
     # Training from shards stopped with "data.vocab is required with shards" and nothing built one.
     from vatt.pretrain.config import load_config
     from vatt.pretrain.data import build_tokenizer, iter_captions
-    from vatt.pretrain.loop import pretrain
+    from vatt.pretrain.task import pretrain
 
     out = tmp_path / "shards"
     write_shards(sample_dir / "manifest.csv", out, max_count=4, where={"split": "train"})

@@ -13,8 +13,9 @@ import sys
 from vatt.atomic import WriteFailed
 from vatt.data.errors import WORKER_DEATH_ERRORS, DataWorkerDied, is_worker_death, worker_died
 
-# command name -> (module, one-line help). Command modules keep heavy imports (torch, av, tensorflow)
-# inside run(), so building the parser stays fast and an optional dependency only affects its own command.
+# command name -> (module, one-line help). Only the module of the command being run is imported (with
+# torch and whatever else it needs), so `vatt --help` stays fast and an optional dependency (the search
+# extra, TensorFlow) only affects its own command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vatt.commands.demo", "pre-train the tiny model on built-in sample data and compare with random init"),
     "convert-tf": ("vatt.commands.convert_tf", "convert an official TensorFlow checkpoint to safetensors"),
@@ -37,10 +38,15 @@ def _available() -> dict[str, tuple[str, str]]:
     return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; the arguments of the command named in `argv` (all commands' when None) are filled in."""
     parser = argparse.ArgumentParser(prog="vatt", description="VATT: Video-Audio-Text Transformer in PyTorch")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     for name, (module_name, help_text) in _available().items():
+        if wanted is not None and name != wanted:
+            sub.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
         module.add_arguments(p)
@@ -49,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

@@ -193,7 +193,7 @@ def measure_step_seconds(settings: list[str], dataset: Dataset, steps: int = 6) 
     import tempfile
 
     from vatt.pretrain.config import load_config
-    from vatt.pretrain.loop import pretrain
+    from vatt.pretrain.task import pretrain
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, settings + [f"run.output_dir={tmp}", f"optim.total_steps={steps}",
@@ -216,7 +216,7 @@ def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
     from vatt.embed import clip_spec
     from vatt.eval.visualize import plot_features_2d
     from vatt.pretrain.config import load_config
-    from vatt.pretrain.loop import pretrain
+    from vatt.pretrain.task import pretrain
     from vatt.precision import autocast_dtype
     from threadpoolctl import threadpool_limits
 

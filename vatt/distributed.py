@@ -1,4 +1,14 @@
-"""Small `torch.distributed` helpers; each is a no-op on a single process."""
+"""Process groups and collectives: joining torchrun's group, barriers, reductions and gathers.
+
+`torchrun` sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; without them the run is one
+process and every helper here is the identity (no communication). Backend: nccl on CUDA, gloo on CPU.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 
@@ -49,3 +59,76 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if not is_distributed() or get_world_size() == 1:
         return x
     return _AllGatherWithGrad.apply(x)
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    # d(sum over ranks)/d(local) is the identity for every rank's copy, so backward all-reduces the grads.
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Sum of `x` over ranks whose backward sums the gradients over ranks too (a copy on one process)."""
+    if not is_distributed() or get_world_size() == 1:
+        return x.clone()
+    return _AllReduceSumWithGrad.apply(x)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    owns_process_group: bool = False  # this call created it, so it also tears it down
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join the torchrun process group if there is one, and pick this rank's device."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device=cuda but torch sees no CUDA device")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    owns = world_size > 1 and not is_distributed()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if owns:
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    torch_device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    return DistEnv(get_rank(), local_rank, get_world_size(), torch_device, owns)
+
+
+def shutdown_distributed(env: DistEnv) -> None:
+    if env.owns_process_group and is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """Sum / max / mean of a tensor over ranks (a copy; the identity on one process)."""
+    x = x.clone()
+    if is_distributed():
+        if op == "mean":
+            dist.all_reduce(x, op=dist.ReduceOp.SUM)
+            x /= get_world_size()
+        else:
+            dist.all_reduce(x, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return x

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vatt.commands.embed import Bar, load_model, table
     from vatt.index import build_index
-    from vatt.engine.distributed import init_distributed, shutdown_distributed
+    from vatt.distributed import init_distributed, shutdown_distributed
 
     env = init_distributed("cuda" if args.device.startswith("cuda") else "cpu")
     try:

@@ -4,9 +4,9 @@
     result = finetune(load_config("configs/finetune_fsdd_tiny.yaml", ["optim.total_steps=500"]))
     result.best          # {"step", "metric", "value", "metrics", "path"}; path is a vatt model folder
 
-Modules: `config` (dataclasses, YAML), `data` (the datasets a config names), `weights` (initialising a
-classifier from a pre-trained or converted model), `losses` (the official losses), `optim` (Keras-style
-SGD), `evaluate` (multi-view scoring), `loop` (the training loop).
+Modules: `config` (the experiment config), `data` (the datasets a config names), `weights` (initialising a
+classifier from a pre-trained or converted model), `task` (what fine-tuning adds to the training engine
+`vatt.engine`). The losses are in `vatt.losses`, multi-view scoring in `vatt.eval.classification`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any
 _LAZY = {
     "FinetuneConfig": ("vatt.finetune.config", "FinetuneConfig"),
     "load_config": ("vatt.finetune.config", "load_config"),
-    "finetune": ("vatt.finetune.loop", "finetune"),
-    "FinetuneResult": ("vatt.finetune.loop", "FinetuneResult"),
+    "finetune": ("vatt.finetune.task", "finetune"),
+    "FinetuneResult": ("vatt.finetune.task", "FinetuneResult"),
     "evaluate_classifier": ("vatt.eval.classification", "evaluate_classifier"),
     "classification_metrics": ("vatt.eval.classification", "classification_metrics"),
     "init_classifier": ("vatt.finetune.weights", "init_classifier"),

@@ -1,66 +1,47 @@
-"""The fine-tuning config: one dataclass per concern, read from YAML with `--set a.b=c` overrides.
+"""The fine-tuning config: the shared sections of `vatt.engine.config` with fine-tuning's data, loss and
+validation, and the official recipe's defaults.
 
     model:      a classifier preset (+ overrides), where its weights start from, the number of classes
     data:       the labelled files (CSV, class folders, UCF101 / HMDB51 split files), clip sizes, views
-    optim:      SGD momentum 0.9, lr 0.005, 2500 warm-up steps, cosine to 0, backbone clipping 0.75
+    optim:      Keras SGD momentum 0.9, lr 0.005, 2500 warm-up steps, cosine to 0, backbone clipping 0.75
     loss:       label smoothing, multi-label re-weighting
-    run:        output folder, seed, device, precision, divergence guard
+    run:        output folder, seed, device, precision, parallelism, divergence guard
     checkpoint: how often, how many kept (the best one by the validation metric is kept apart)
     log:        metrics.jsonl / TensorBoard
     eval:       how often the validation set is scored, and by which metric the best model is chosen
 
 Defaults are the official fine-tuning recipe (`configs/experiment.py:Finetune`, `configs/dataset.py:Finetune`,
-spec section 7). The YAML reader and the `--set` parsing are those of `vatt.pretrain.config`.
+spec section 7).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
+from vatt.engine import config as core
+from vatt.engine.config import (CheckpointConfig, ConfigError, ExperimentConfig, LogConfig, ModelSection,
+                                OptimConfig, RunConfig, check_ranges)
 
-from vatt import configs as model_configs
-from vatt.pretrain.config import ConfigError, _deep_merge, _field_type, _Loader, _message, _nest, parse_value
-
-CLASSIFIER_KINDS = ("video_classifier", "audio_classifier")
+__all__ = ["FinetuneConfig", "ModelConfig", "DataConfig", "LossConfig", "EvalConfig", "ConfigError", "load_config",
+           "config_from_dict"]
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ModelSection):
+    KINDS: ClassVar[tuple[str, ...]] = ("video_classifier", "audio_classifier")
     preset: str = "vit_base_classifier"
     # Fields of the preset's ClassifierConfig to change: {"classifier_dropout": 0.2, "output": "sigmoid"}.
-    overrides: dict[str, Any] = field(default_factory=dict)
     # Where the weights start: "" (random initialisation), a vatt model folder (a tx_fac / ut_fac pre-trained
     # model: its video or audio backbone; a classifier: all of it, the head only if the class count matches),
     # a pre-training run folder (its latest checkpoint), or an official TensorFlow checkpoint prefix.
     init_from: str = ""
     num_classes: int = 0  # 0: the number of classes in the data
-    grad_checkpointing: bool = False
 
     def build_config(self, num_classes: int | None = None) -> Any:
         """The ClassifierConfig: the preset, the overrides, and `num_classes` (from the data) if not set."""
-        try:
-            preset = model_configs.get_preset(self.preset)
-        except KeyError as e:
-            raise ConfigError(f"model.preset: {_message(e)}") from None
-        if getattr(preset, "kind", None) not in CLASSIFIER_KINDS:
-            names = sorted(n for n in model_configs.PRESETS if n.endswith("_classifier"))
-            raise ConfigError(f"model.preset: {self.preset!r} is not a classifier; fine-tuning needs one of "
-                              f"{', '.join(names)}")
-        if not isinstance(self.overrides, dict):
-            raise ConfigError(f"model.overrides: expected a mapping of classifier-config fields, "
-                              f"got {self.overrides!r}")
-        merged = _deep_merge(model_configs.to_dict(preset), _nest(self.overrides, "model.overrides"))
-        if self.num_classes:
-            merged["num_classes"] = self.num_classes
-        elif num_classes:
-            merged["num_classes"] = num_classes
-        try:
-            return model_configs.config_from_dict(merged)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"model.overrides: {_message(e)}") from None
+        classes = self.num_classes or num_classes
+        return super().build_config(**({"num_classes": classes} if classes else {}))
 
 
 @dataclass
@@ -109,25 +90,6 @@ class DataConfig:
     mixup_alpha: float = 5.0  # lambda ~ Beta(alpha, alpha)
 
 
-@dataclass
-class OptimConfig:
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.005
-    final_lr: float = 0.0
-    warmup_steps: int = 2500
-    total_steps: int = 100_000
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-7
-    # Global-norm clipping of the backbone gradients only (weights whose name contains "classification"
-    # are excluded), as the official `gradient_clip_norm`; 0 = off.
-    grad_clip_norm: float = 0.75
-    classifier_grad_clip_norm: float = 0.0  # official `gradient_clip_norm_cls`; 0 = off
-    grad_accum_steps: int = 1
-
 
 @dataclass
 class LossConfig:
@@ -138,27 +100,6 @@ class LossConfig:
     label_frequency_weighting: bool = True
 
 
-@dataclass
-class RunConfig:
-    output_dir: str = "runs/finetune"
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # "fp32" as the official models were trained; "bf16" / "auto" (bf16 where fast) are named options.
-    precision: Literal["auto", "bf16", "fp32"] = "fp32"
-    max_consecutive_bad_steps: int = 20
-
-
-@dataclass
-class CheckpointConfig:
-    every_steps: int = 5000  # official save frequency; also written at the end; 0 = only at the end
-    keep_last: int = 2
-
-
-@dataclass
-class LogConfig:
-    every_steps: int = 10
-    tensorboard: bool = True
-
 
 @dataclass
 class EvalConfig:
@@ -167,76 +108,51 @@ class EvalConfig:
     max_clips: int = 0  # periodic evaluations use the first N validation clips; 0 = all. The final one uses all.
 
 
+
 @dataclass
-class FinetuneConfig:
+class FinetuneOptimConfig(OptimConfig):
+    """The official recipe: Keras SGD with momentum 0.9, lr 0.005 after 2500 warm-up steps, cosine to 0."""
+
+    optimizer: Literal["adam", "torch_adam", "adamw", "sgd"] = "sgd"
+    lr: float = 0.005
+    warmup_steps: int = 2500
+    total_steps: int = 100_000
+    # Global-norm clipping of the backbone gradients only (weights whose name contains "classification" are
+    # excluded), as the official `gradient_clip_norm`; 0 = off.
+    grad_clip_norm: float = 0.75
+    classifier_grad_clip_norm: float = 0.0  # official `gradient_clip_norm_cls`; 0 = off
+
+
+@dataclass
+class FinetuneConfig(ExperimentConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/finetune"))
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every_steps=5000, keep_last=2))
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         """Check values that types alone cannot; raise ConfigError naming the field."""
         self.model.build_config(num_classes=self.model.num_classes or 2)
-        positive = {"data.batch_size": self.data.batch_size, "optim.total_steps": self.optim.total_steps,
-                    "optim.grad_accum_steps": self.optim.grad_accum_steps, "data.num_windows_test":
-                    self.data.num_windows_test, "checkpoint.keep_last": self.checkpoint.keep_last,
-                    "log.every_steps": self.log.every_steps, "data.fps": self.data.fps,
-                    "run.max_consecutive_bad_steps": self.run.max_consecutive_bad_steps,
-                    "data.mixup_alpha": self.data.mixup_alpha, "data.audio_stride": self.data.audio_stride}
-        non_negative = {name: getattr(getattr(self, name.split(".")[0]), name.split(".")[1]) for name in (
-            "model.num_classes", "data.eval_batch_size", "data.num_workers", "data.num_frames", "data.frame_size",
-            "data.audio_samples", "data.sample_rate", "data.image_frames", "data.audio_noise", "optim.lr",
-            "optim.final_lr", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip_norm",
-            "optim.classifier_grad_clip_norm", "optim.momentum", "checkpoint.every_steps", "eval.every_steps",
-            "eval.max_clips")}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
-        for name, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
-        if self.optim.warmup_steps and self.optim.warmup_steps >= self.optim.total_steps:
-            raise ConfigError(f"optim.warmup_steps={self.optim.warmup_steps} is not below optim.total_steps="
-                              f"{self.optim.total_steps}: the run would end inside the warm-up, never reaching the "
-                              f"peak rate; lower optim.warmup_steps below optim.total_steps (0 = no warm-up)")
-        if not 0.0 <= self.data.flip_prob <= 1.0:
-            raise ConfigError(f"data.flip_prob must be in [0, 1], got {self.data.flip_prob}")
+        super().validate()
+        check_ranges(self, positive=("data.num_windows_test", "data.fps", "data.mixup_alpha", "data.audio_stride"),
+                     non_negative=("model.num_classes", "data.eval_batch_size", "data.num_frames", "data.frame_size",
+                                   "data.audio_samples", "data.sample_rate", "data.image_frames", "data.audio_noise",
+                                   "optim.classifier_grad_clip_norm", "eval.every_steps", "eval.max_clips"),
+                     probability=("data.flip_prob",))
         if self.loss.label_smoothing is not None and not 0.0 <= self.loss.label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.loss.label_smoothing}")
-        if self.optim.weight_decay > 0 and self.optim.optimizer == "adam":
-            raise ConfigError("optim.weight_decay needs optim.optimizer=sgd or adamw")
         if self.data.format == "hmdb51" and not self.data.root:
             raise ConfigError("data.format=hmdb51 needs data.root (the videos) and data.train (the split files)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> FinetuneConfig:
     """The config of a YAML file (or the defaults) with `key=value` overrides applied, validated."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = yaml.load(Path(path).read_text(), Loader=_Loader) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (model, data, optim, ...) at the top level")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value (e.g. optim.lr=0.01), got {item!r}")
-        key = key.strip()
-        typed = value if _field_type(FinetuneConfig, key.split(".")) is str else parse_value(value)
-        data = _deep_merge(data, _nest({key: typed}, ""))
-    return config_from_dict(data)
+    return core.load_config(FinetuneConfig, path, overrides)
 
 
 def config_from_dict(data: dict[str, Any]) -> FinetuneConfig:
-    try:
-        cfg = model_configs.dataclass_from_dict(FinetuneConfig, data)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(_message(e)) from None
-    cfg.validate()
-    return cfg
+    return core.config_from_dict(FinetuneConfig, data)

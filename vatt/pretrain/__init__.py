@@ -12,9 +12,9 @@ from typing import Any
 
 # Resolved lazily: the config (and `vatt pretrain --help`) must not pay for importing torch.
 _LAZY = {
-    "pretrain": "vatt.pretrain.loop",
-    "PretrainResult": "vatt.pretrain.loop",
-    "TrainingDiverged": "vatt.pretrain.loop",
+    "pretrain": "vatt.pretrain.task",
+    "PretrainResult": "vatt.pretrain.task",
+    "TrainingDiverged": "vatt.engine.loop",
     "load_config": "vatt.pretrain.config",
     "PretrainConfig": "vatt.pretrain.config",
     "ConfigError": "vatt.pretrain.config",
