@@ -64,7 +64,7 @@ def _kwargs(sizes: InputSizes, data: DataConfig, train: bool, seed: int) -> dict
 
 def build_datasets(data: DataConfig, model_config: Any, seed: int = 0):
     """(train dataset, validation dataset or None, class names, multi_label) for the data section."""
-    from vatt.data.datasets import ClassificationDataset
+    from vatt.data.classification import ClassificationDataset
 
     if not data.train:
         raise ConfigError("data.train is empty: name the training data (a CSV, a class folder or a split file)")

@@ -31,13 +31,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from vatt.atomic import atomic_folder, write_text
-from vatt.data.datasets import collate, sample_seed
+from vatt.data.sampling import MicroBatches, collate, sample_seed
 from vatt.data.errors import WORKER_DEATH_ERRORS, is_worker_death, worker_died
 from vatt.finetune.config import ConfigError, FinetuneConfig
 from vatt.eval.classification import ClassificationResult, classification_metrics, predict
 from vatt.finetune.losses import cross_entropy_on_probabilities, sigmoid_cross_entropy, smooth_labels
 from vatt.engine import checkpoint as ckpt
-from vatt.pretrain.data import MicroBatches
 from vatt.engine.distributed import all_reduce, barrier, init_distributed, shutdown_distributed, wrap_model
 from vatt.engine.optim import set_learning_rate
 from vatt.engine.progress import Callback, MetricsWriter

@@ -30,11 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 from vatt import faults
 from vatt.precision import autocast_dtype
 from vatt.checkpoint.io import load_state
-from vatt.data.datasets import collate, sample_seed
+from vatt.data.sampling import MicroBatches, collate, sample_seed
 from vatt.data.errors import WORKER_DEATH_ERRORS, is_worker_death, worker_died
 from vatt.engine import checkpoint as ckpt
 from vatt.pretrain.config import PretrainConfig
-from vatt.pretrain.data import MicroBatches
 from vatt.engine.distributed import (DistEnv, all_reduce, barrier, convert_batchnorm, init_distributed,
                                     shutdown_distributed, wrap_model)
 from vatt.engine.optim import build_optimizer, set_learning_rate
