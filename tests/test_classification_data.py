@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import os
-import wave
 from pathlib import Path
 
 import av
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import shared_path
+from tests.test_decoding import write_wav
 from vatt.data.classification import ClassificationDataset, LabeledItem
 from vatt.data.errors import MediaError
 from vatt.data.sample_data import CLASSES, write_mp4, write_sample_dataset
@@ -30,13 +30,7 @@ def sample_dir(tmp_path_factory) -> Path:
 
 
 def _write_wav(path: Path, seconds: float = 1.0, rate: int = 8000, freq: float = 440.0) -> None:
-    t = np.arange(int(seconds * rate)) / rate
-    pcm = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
+    write_wav(path, 0.3 * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate), rate)
 
 
 CLS = dict(num_frames=4, fps=2.5, size=32)

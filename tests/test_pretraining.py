@@ -6,7 +6,6 @@ import io
 import json
 import os
 import shutil
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.test_decoding import write_wav
 from vatt.data.errors import MediaError
 from vatt.data.manifest import read_manifest
 from vatt.data.pretraining import PretrainDataset, context_neighbours
@@ -43,13 +43,7 @@ def tokenizer(sample_dir) -> WordTokenizer:
 
 
 def _write_wav(path: Path, seconds: float = 1.0, rate: int = 8000, freq: float = 440.0) -> None:
-    t = np.arange(int(seconds * rate)) / rate
-    pcm = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
+    write_wav(path, 0.3 * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate), rate)
 
 
 # --------------------------------------------------------------------------------------------------
