@@ -106,7 +106,7 @@ def is_oom(e: BaseException) -> bool:
 def make_run(preset: str, batch: int, device: torch.device, precision: str, compile: bool, ckpt: bool,
              fsdp: bool = False, extra: tuple[str, ...] = ()):
     """A `Trainer` of the pre-training task and one batch of random clips on the device."""
-    from vatt.data.datasets import collate
+    from vatt.data.sampling import collate
     from vatt.pretrain.config import load_config
     from vatt.distributed import DistEnv
     from vatt.engine.loop import Trainer

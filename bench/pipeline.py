@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.decode import _Clips, bare, write_long_video  # noqa: E402
-from vatt.data.datasets import PretrainDataset, collate  # noqa: E402
+from vatt.data.pretraining import PretrainDataset  # noqa: E402
+from vatt.data.sampling import collate  # noqa: E402
 from vatt.data.text import WordTokenizer  # noqa: E402
 
 CAPTIONS = ["a person plays the guitar on a stage", "a dog runs across the grass after a ball",

@@ -26,7 +26,7 @@ from vatt.index.quality import index_heldout, search_quality  # noqa: E402
 
 def demo_tokenizer(demo_dir: Path, model):
     """The vocabulary `vatt demo` trained with, rebuilt the way it builds it (for checkpoints without vocab.txt)."""
-    from vatt.data.datasets import read_manifest
+    from vatt.data.manifest import read_manifest
     from vatt.data.text import WordTokenizer
     from vatt.demo import DemoConfig, paraphrases
 

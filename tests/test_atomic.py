@@ -13,7 +13,7 @@ from vatt import atomic
 from vatt.atomic import WriteFailed
 from vatt.checkpoint.manifest import verify_folder
 from vatt.cli import main as cli
-from vatt.data.datasets import collate
+from vatt.data.sampling import collate
 from vatt.data.text import WordTokenizer
 from vatt.embed import embed_text, read_embeddings, write_embeddings
 from vatt.engine import checkpoint as ckpt

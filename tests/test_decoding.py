@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from vatt.data.decoding import decode_audio, decode_clip, probe, sample_start
+from vatt.data.decoding import decode_audio, decode_clip, file_duration, probe, sample_start
 from vatt.data.errors import MediaError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -393,6 +393,14 @@ def test_bad_inputs_raise_media_error_with_reason(media, tmp_path):
     assert mask == 1.0 and audio.abs().max() > 0.5
     info = probe(tmp_path / "sound.mp4")
     assert info.format_name == "wav" and not info.has_video and info.audio_sample_rate == 8000
+
+
+def test_file_duration_is_probed_once_per_file(media, monkeypatch):
+    path = str(media["cfr"])
+    file_duration.cache_clear()
+    assert file_duration(path) == probe(path).duration_s == pytest.approx(10.0, abs=0.05)
+    monkeypatch.setattr("vatt.data.decoding.probe", lambda _: pytest.fail("probed twice"))
+    assert file_duration(path) == pytest.approx(10.0, abs=0.05)  # from the cache
 
 
 def test_truncated_faststart_file(tmp_path):

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from vatt.data.datasets import read_manifest
+from vatt.data.manifest import read_manifest
 from vatt.demo import METRICS, DemoConfig, format_table, paraphrases, run_demo
 
 

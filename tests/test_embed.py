@@ -13,8 +13,8 @@ from vatt.data import decoding, transforms
 from vatt.data.errors import MediaError
 from vatt.data.sample_data import write_sample_dataset
 from vatt.data.text import WordTokenizer
-from vatt.embed import (clip_spec, embed_files, embed_text, embedding_arrays, list_media, read_embeddings,
-                        read_manifest_entries, write_embeddings)
+from vatt.data.manifest import read_manifest_entries
+from vatt.embed import clip_spec, embed_files, embed_text, embedding_arrays, read_embeddings, write_embeddings
 from tests.conftest import shared_path as conftest_shared_path
 
 
@@ -159,15 +159,6 @@ def test_npz_and_csv_round_trip(tiny, sample, tmp_path):
     assert rows[0]["label"] == entries[0].fields["label"]  # manifest columns travel along
     with open(tmp_path / "emb.text.csv", newline="") as f:
         assert [r["text"] for r in csv.DictReader(f)] == captions
-
-
-def test_media_lists_from_folders_and_manifests(sample):
-    folder = list_media([sample / "videos"])
-    assert len(folder) == 6 and all(e.path.endswith(".mp4") for e in folder)
-    test_rows = list_media([sample / "manifest.csv"], where={"split": "test"})
-    assert all(e.fields["split"] == "test" for e in test_rows) and test_rows[0].captions
-    real = read_manifest_entries(shared_path("real-video-clips", "clips.csv"))  # `filename` column
-    assert len(real) == 8 and all(Path(e.path).is_file() for e in real) and all(e.captions for e in real)
 
 
 def test_real_clips_are_embedded_without_error(tiny, tmp_path):

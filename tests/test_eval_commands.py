@@ -202,7 +202,7 @@ def test_cli_embed_folder_takes_gifs_and_reports_what_it_left_out(tiny_dir, samp
 def test_class_folder_scan_counts_files_it_leaves_out(tmp_path):
     from PIL import Image
 
-    from vatt.data.datasets import ClassificationDataset
+    from vatt.data.classification import ClassificationDataset
 
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()

@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 import vatt
 from vatt.cli import main
-from vatt.data.datasets import ClassificationDataset, LabeledItem, sample_generator
+from vatt.data.classification import ClassificationDataset, LabeledItem
+from vatt.data.sampling import sample_generator
 from vatt.data.sample_data import write_sample_dataset
 from vatt.finetune.config import ConfigError, load_config
 from vatt.eval.classification import classification_metrics, predict

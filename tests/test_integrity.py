@@ -14,7 +14,7 @@ import vatt
 from vatt.checkpoint.io import read_header
 from vatt.checkpoint.manifest import DamagedFolder, read_manifest, sha256_file
 from vatt.cli import main as cli
-from vatt.data.datasets import collate
+from vatt.data.sampling import collate
 from vatt.engine import checkpoint as ckpt
 from vatt.pretrain.task import pretrain
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from vatt.engine.config import parse_value
 from vatt.pretrain.config import ConfigError, PretrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,11 +42,6 @@ def test_yaml_and_set_overrides_are_typed(tmp_path):
     assert c.data.train_where == {"split": "train"} and c.log.tensorboard is False
     model = c.model.build_config()
     assert model.video.droptoken.keep_rate == 1.0 and model.text.max_words == 8
-
-
-def test_parse_value():
-    assert parse_value("3") == 3 and parse_value("1e-4") == 1e-4 and parse_value("-2.5E3") == -2500.0
-    assert parse_value("true") is True and parse_value("[1, 2]") == [1, 2] and parse_value("abc") == "abc"
 
 
 @pytest.mark.parametrize("overrides, names", [

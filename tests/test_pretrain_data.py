@@ -1,34 +1,12 @@
-"""vatt.pretrain.data: the per-rank batch order, and pre-training from a manifest and from shards (real media)."""
+"""vatt.pretrain.data: pre-training from a manifest and from shards (real media)."""
 import pytest
-import torch
 
 import vatt
 from vatt.data.sample_data import write_sample_dataset
 from vatt.data.shards import write_shards
 from vatt.pretrain.config import load_config
-from vatt.pretrain.data import PretrainBatchSampler
 from vatt.pretrain.task import pretrain
 from vatt.engine.progress import Callback, read_metrics
-
-
-def test_ranks_and_micro_batches_partition_the_global_batch():
-    one = list(PretrainBatchSampler(20, batch_size=8, seed=3))
-    assert len(one) == 2 and all(len(b) == 8 for b in one)  # the last 4 clips are dropped
-    parts = {(r, a): list(PretrainBatchSampler(20, 8, world_size=2, rank=r, accum_steps=2, seed=3))
-             for r in (0, 1) for a in (0,)}
-    for step in range(2):
-        # micro-batch a of rank r is slice a * world_size + r of the global batch
-        merged = [k for a in range(2) for r in range(2) for k in parts[(r, 0)][step * 2 + a]]
-        assert merged == one[step]
-    resumed = PretrainBatchSampler(20, 8, seed=3)
-    resumed.set_position(epoch=0, start=1)
-    assert list(resumed) == one[1:]
-    resumed.set_position(epoch=1)
-    assert list(resumed) != one and {i for b in resumed for _, i in b} <= set(range(20))
-    with pytest.raises(ValueError, match="multiple of world_size"):
-        PretrainBatchSampler(20, 6, world_size=4)
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        PretrainBatchSampler(5, 8)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +37,7 @@ def test_pretrain_from_shards_resumes_where_it_stopped(tmp_path, sample_manifest
     shards = tmp_path / "shards"
     write_shards(sample_manifest, shards, max_count=8)
     vocab = tmp_path / "vocab.txt"
-    from vatt.data.datasets import read_manifest
+    from vatt.data.manifest import read_manifest
     from vatt.data.text import WordTokenizer
     WordTokenizer.build(c for r in read_manifest(sample_manifest) for c in r.captions).save(vocab)
 

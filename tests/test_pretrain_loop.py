@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from vatt.data.datasets import collate, sample_generator
+from vatt.data.sampling import collate, sample_generator
 from vatt.engine import checkpoint as ckpt
 from vatt.pretrain.config import load_config
 from vatt.pretrain.task import TrainingDiverged, pretrain

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from vatt.cli import main
 from vatt.data import decoding
-from vatt.data.datasets import PretrainDataset, SkipCounter, collate
+from vatt.data.pretraining import PretrainDataset
+from vatt.data.sampling import SkipCounter, collate
 from vatt.data.errors import MediaError
 from vatt.data.sample_data import SampleDataConfig, write_sample_dataset
 from vatt.data.shards import ShardDataset, cut_segment, iter_tar_samples, list_shards, write_shards

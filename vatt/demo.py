@@ -95,7 +95,7 @@ class DecodedClips(Dataset):
         return len(self.clips)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        from vatt.data.datasets import sample_generator
+        from vatt.data.sampling import sample_generator
 
         epoch, i = key
         clip = self.clips[i]
@@ -155,7 +155,7 @@ def paraphrases(rows, seed: int, count: int) -> list[list[str]]:
 
 
 def _embed(model, clips: Dataset, amp_dtype, batch_size: int = 64) -> dict[str, np.ndarray]:
-    from vatt.data.datasets import collate
+    from vatt.data.sampling import collate
     from vatt.pretrain.evaluation import embed_clips
 
     keys = [(0, i) for i in range(len(clips))]
@@ -210,7 +210,7 @@ def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
     """
     import vatt.model
     from vatt import configs as model_configs
-    from vatt.data.datasets import read_manifest
+    from vatt.data.manifest import read_manifest
     from vatt.data.sample_data import CLASSES, SampleDataConfig, write_sample_dataset
     from vatt.data.text import WordTokenizer
     from vatt.embed import clip_spec

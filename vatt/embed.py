@@ -45,10 +45,9 @@ import csv
 import json
 import math
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,11 +55,9 @@ from torch import nn
 
 from vatt.atomic import atomic_group
 from vatt.data.errors import WORKER_DEATH_ERRORS, is_worker_death, worker_died
+from vatt.data.manifest import MediaEntry
 
 MODALITIES = ("video", "audio", "text")
-MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
-PATH_COLUMNS = ("video", "path", "filename", "file", "audio", "filepath")
-CAPTION_COLUMNS = ("captions", "caption", "text")
 # The frame rate every command samples at unless told otherwise: the official pre-training rate (`REF_FPS`),
 # the rate the models were trained at. (The official evaluation loaders take every 2nd frame of 25 fps
 # sources, 12.5 fps; pass fps=12.5 for that.)
@@ -562,162 +559,6 @@ def _rows_with_nan(results: Mapping[int, Mapping[str, torch.Tensor]], kept: list
                 full[row] = results[i][key]
         out[key] = full
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Lists of files: folders and manifests
-# --------------------------------------------------------------------------------------------------
-
-@dataclass
-class MediaEntry:
-    """A media file and what a manifest says about it."""
-
-    path: str
-    captions: list[str] = field(default_factory=list)
-    fields: dict[str, str] = field(default_factory=dict)  # the manifest's other columns (label, split, ...)
-
-
-def is_manifest(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in MANIFEST_SUFFIXES
-
-
-def _media_extensions() -> tuple[str, ...]:
-    from vatt.data.datasets import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS
-
-    return VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
-
-
-def _pick(columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, where: str,
-          required: bool) -> str | None:
-    if wanted:
-        if wanted not in columns:
-            raise ValueError(f"{where}: no column {wanted!r} for the {what}; columns are {list(columns)}")
-        return wanted
-    for c in candidates:
-        if c in columns:
-            return c
-    if required:
-        raise ValueError(f"{where}: no {what} column (looked for {', '.join(candidates)}; name it with the "
-                         f"path-column option); columns are {list(columns)}")
-    return None
-
-
-def _parse_where(where: Mapping[str, Any] | None) -> dict[str, set[str]]:
-    out = {}
-    for k, v in (where or {}).items():
-        out[k] = {str(x) for x in v} if isinstance(v, (list, tuple, set)) else {str(v)}
-    return out
-
-
-def read_manifest_entries(manifest: str | os.PathLike, *, path_column: str | None = None,
-                          caption_column: str | None = None, root: str | os.PathLike | None = None,
-                          where: Mapping[str, Any] | None = None) -> list[MediaEntry]:
-    """Rows of a CSV/TSV or JSON Lines manifest as `MediaEntry`s.
-
-    The path column is `path_column`, else the first of video, path, filename, file, audio, filepath.
-    Captions: `caption_column`, else `captions` (a list; in CSV a JSON list), `caption` or `text`; a blank
-    cell is no caption. Relative paths are taken from `root` (default: the manifest's folder).
-    `where={"split": "test"}` keeps rows whose column has one of the values.
-    """
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"manifest {manifest} does not exist")
-    base = Path(root) if root is not None else manifest.parent
-    keep = _parse_where(where)
-    records: list[tuple[str, dict[str, Any]]] = []
-    with open(manifest, encoding="utf-8-sig", newline="") as f:
-        if manifest.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{manifest}:{n}: not a JSON object ({e})") from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"{manifest}:{n}: expected a JSON object, got {type(record).__name__}")
-                records.append((f"{manifest}:{n}", record))
-            columns = list(dict.fromkeys(k for _, r in records for k in r))
-        else:
-            reader = csv.DictReader(f, delimiter="\t" if manifest.suffix.lower() == ".tsv" else ",")
-            columns = list(reader.fieldnames or [])
-            records = [(f"{manifest}:{reader.line_num}", r) for r in reader]
-    pcol = _pick(columns, path_column, PATH_COLUMNS, "file path", str(manifest), required=True)
-    ccol = _pick(columns, caption_column, CAPTION_COLUMNS, "caption", str(manifest), required=False)
-    for col in keep:
-        if col not in columns:
-            raise ValueError(f"{manifest}: no column {col!r} to select rows by; columns are {columns}")
-    entries = []
-    for where_txt, record in records:
-        if any(str(record.get(k)) not in v for k, v in keep.items()):
-            continue
-        raw = record.get(pcol)
-        if not isinstance(raw, str) or not raw.strip():
-            raise ValueError(f"{where_txt}: empty {pcol!r}")
-        p = Path(raw.strip())
-        captions = _captions(record.get(ccol) if ccol else None, where_txt)
-        entries.append(MediaEntry(
-            path=os.fspath(p if p.is_absolute() else base / p), captions=captions,
-            fields={k: "" if v is None else (v if isinstance(v, str) else json.dumps(v))
-                    for k, v in record.items() if k not in (pcol, ccol)}))
-    if not entries:
-        raise ValueError(f"{manifest}: no rows" + (f" match {dict(where)}" if where else ""))
-    return entries
-
-
-def _captions(value: Any, where: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return [str(c) for c in value]
-    if not isinstance(value, str):
-        return [str(value)]
-    text = value.strip()
-    if not text:
-        return []
-    if text.startswith("["):
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError:
-            return [value]
-        if isinstance(parsed, list):
-            return [str(c) for c in parsed]
-    return [value]
-
-
-def list_media(inputs: Iterable[str | os.PathLike], *, path_column: str | None = None,
-               caption_column: str | None = None, root: str | os.PathLike | None = None,
-               where: Mapping[str, Any] | None = None, left_out: Counter | None = None) -> list[MediaEntry]:
-    """Media files named by `inputs`: files, folders (searched recursively for video/audio extensions --
-    GIF included -- sorted) and manifests (CSV/TSV/JSON Lines, see `read_manifest_entries`). Order is kept.
-
-    Files of a folder that are not video or audio are counted in `left_out` by reason (images: the clip
-    embedding takes video and audio; other extensions: not media)."""
-    from vatt.data.datasets import format_left_out, scan_reason
-
-    entries: list[MediaEntry] = []
-    exts = _media_extensions()
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found, skipped = [], Counter()
-            for f in sorted(f for f in p.rglob("*") if f.is_file()):
-                if f.suffix.lower() in exts:
-                    found.append(f)
-                else:
-                    skipped[scan_reason(f, "video or audio")] += 1
-            if left_out is not None:
-                left_out.update(skipped)
-            if not found:
-                raise ValueError(f"{p}: no video or audio files (extensions {', '.join(exts)})"
-                                 + (f"; left out: {format_left_out(skipped)}" if skipped else ""))
-            entries += [MediaEntry(os.fspath(f)) for f in found]
-        elif is_manifest(p):
-            entries += read_manifest_entries(p, path_column=path_column, caption_column=caption_column, root=root,
-                                             where=where)
-        else:
-            entries.append(MediaEntry(os.fspath(p)))  # a missing file is reported when it is decoded
-    return entries
 
 
 # --------------------------------------------------------------------------------------------------

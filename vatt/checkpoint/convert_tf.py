@@ -26,6 +26,8 @@ import torch
 from torch import nn
 
 from vatt.checkpoint.tf_bundle import BundleReader, checkpoint_prefix
+from vatt.model.positional import resize_table
+from vatt.model.vatt import VATT, Classifier, UnifiedVATT
 
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 ROOT = "model/layer_with_weights-0"
@@ -202,8 +204,6 @@ def _unified(ours: str, u: str, backbone: nn.Module) -> dict[str, Source]:
 
 def checkpoint_key_map(model: nn.Module, checkpoint_keys: Iterable[str]) -> dict[str, Source]:
     """For each of `model`'s tensors, where it comes from in an official checkpoint with these keys."""
-    from vatt.model.vatt import VATT, Classifier, UnifiedVATT
-
     keys = set(checkpoint_keys)
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
     base = f"{ROOT}/_base_layer"
@@ -247,8 +247,6 @@ def convert_arrays(model: nn.Module, arrays: dict[str, np.ndarray]) -> tuple[dic
     Positional tables whose length differs from the model's are resampled with the official spline
     (`restore.interpolate_pos`). Any other shape mismatch raises, naming the key.
     """
-    from vatt.model.positional import resize_table
-
     key_map = checkpoint_key_map(model, arrays)
     ours = model.state_dict()
     report = ConversionReport()

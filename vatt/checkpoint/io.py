@@ -33,6 +33,8 @@ from torch import nn
 from vatt import configs
 from vatt.atomic import atomic_write, write_text
 from vatt.checkpoint.manifest import DamagedFolder, verify_folder, write_manifest
+from vatt.data.text import WordTokenizer
+from vatt.model.factory import build_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -139,8 +141,6 @@ def expected_tensors(config: Any, path: str | os.PathLike = CONFIG,
 
     Refuses a model of more than `max_parameters` parameters, naming its largest tensor.
     """
-    from vatt.model.factory import build_model
-
     with torch.device("meta"):
         state = build_model(config).state_dict()
     total = sum(t.numel() for t in state.values())
@@ -254,8 +254,6 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
     (module docstring): `DamagedFolder` (a ValueError) names a damaged or missing file, a ValueError an
     absurd config or weights that do not fit it.
     """
-    from vatt.model.factory import build_model
-
     directory = Path(directory)
     verify_folder(directory, required=[WEIGHTS, CONFIG])
     config = load_config(directory)
@@ -264,6 +262,5 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
     load_state(model, state, strict=strict)
     model.tokenizer = None
     if (directory / VOCAB).is_file():
-        from vatt.data.text import WordTokenizer
         model.tokenizer = WordTokenizer.from_vocab_file(directory / VOCAB)
     return model.to(map_location).eval()

@@ -19,9 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+import vatt.configs
 from vatt.checkpoint.convert_tf import SUFFIX, convert_arrays
 from vatt.checkpoint.tf_bundle import BundleReader, checkpoint_prefix
+from vatt.engine import checkpoint as ckpt
+from vatt.engine.optim import build_optimizer
+from vatt.engine.config import OptimConfig
 
 SLOT = "/.OPTIMIZER_SLOT/optimizer/{}"
 ITERATIONS = "optimizer/iter"
@@ -75,17 +80,10 @@ def write_training_checkpoint(prefix: str, model: nn.Module, model_config: Any, 
     `weights`) and its Adam state, so that `vatt pretrain --resume` with `run.output_dir=<run_dir>` takes the
     next step the official run would have taken. Returns the folder.
 
-    The optimiser is the default of `vatt.pretrain.config.OptimConfig` (Keras Adam, no weight decay: one
+    The optimiser is the default of `vatt.engine.config.OptimConfig` (Keras Adam, no weight decay: one
     parameter group), the official pre-training optimiser. A converted checkpoint has no data position or
     random state of ours: the resumed run reads its data from the start.
     """
-    import vatt.configs
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    from vatt.engine import checkpoint as ckpt
-    from vatt.pretrain.config import OptimConfig
-    from vatt.engine.optim import build_optimizer
-
     m, v, iterations = read_tf_optimizer_state(prefix)
     optimizer = build_optimizer(model, OptimConfig())
     convert_optimizer_state(model, optimizer, m, v, iterations)

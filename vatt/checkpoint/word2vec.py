@@ -20,6 +20,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vatt.checkpoint.convert_tf import read_tf_checkpoint
+from vatt.checkpoint.io import write_weights
+from vatt.model.vatt import VATT, UnifiedVATT
 
 KEY = "word_embeddings"
 
@@ -54,7 +56,6 @@ def convert_word2vec_pickle(pickle_path: str | Path, out_path: str | Path, allow
     if table.ndim != 2:
         raise ValueError(f"{pickle_path}: {KEY} must be [vocab, dim], got shape {table.shape}")
     tensor = torch.from_numpy(table.copy())
-    from vatt.checkpoint.io import write_weights  # atomic: a failed write leaves no partial file
     write_weights(out_path, {KEY: tensor}, what="word embeddings")
     return tensor
 
@@ -75,15 +76,12 @@ def convert_word_table_from_checkpoint(prefix: str, out_path: str | Path, reader
                          "fine-tuned classifier checkpoints have none")
     table = np.asarray(arrays[found[0]], dtype=np.float32)
     tensor = torch.from_numpy(table.copy())
-    from vatt.checkpoint.io import write_weights  # atomic: a failed write leaves no partial file
     write_weights(out_path, {KEY: tensor}, what="word embeddings")
     return tensor
 
 
 def word_embedding_parameter(model: nn.Module) -> nn.Parameter:
     """The frozen word table of a tx_fac / ut_fac model."""
-    from vatt.model.vatt import VATT, UnifiedVATT
-
     if isinstance(model, VATT):
         return model.text_backbone.embedding.weight
     if isinstance(model, UnifiedVATT):

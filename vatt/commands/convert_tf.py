@@ -13,6 +13,15 @@ TensorFlow; `--reader tf` reads with TensorFlow's own reader instead (`pip insta
 from __future__ import annotations
 
 import argparse
+import json
+
+from vatt import configs
+from vatt.checkpoint.convert_tf import convert_tf_checkpoint
+from vatt.checkpoint.io import load_state, save
+from vatt.checkpoint.official_config import from_official_config
+from vatt.checkpoint.optimizer_state import write_training_checkpoint
+from vatt.data.text import WordTokenizer
+from vatt.model.factory import build_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,14 +46,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from vatt import configs
-    from vatt.checkpoint.convert_tf import convert_tf_checkpoint
-    from vatt.checkpoint.io import load_state, save
-    from vatt.checkpoint.official_config import from_official_config
-    from vatt.model.factory import build_model
-
     if args.preset:
         cfg = configs.get_preset(args.preset)
     else:
@@ -70,10 +71,8 @@ def run(args: argparse.Namespace) -> int:
     load_state(model, state)
     tokenizer = None
     if args.vocab:
-        from vatt.data.text import WordTokenizer
         tokenizer = WordTokenizer.from_vocab_file(args.vocab)
     if args.optimizer_state:
-        from vatt.checkpoint.optimizer_state import write_training_checkpoint
         if not isinstance(cfg, (configs.VATTConfig, configs.UnifiedConfig)):
             print("--optimizer-state needs a pre-training model (tx_fac or ut_fac)")
             return 1

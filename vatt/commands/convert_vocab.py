@@ -9,6 +9,10 @@ the release's `word2vec.pkl`.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from vatt.checkpoint.tf_bundle import checkpoint_prefix
+from vatt.checkpoint.word2vec import convert_word2vec_pickle, convert_word_table_from_checkpoint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,11 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from vatt.checkpoint.tf_bundle import checkpoint_prefix
-    from vatt.checkpoint.word2vec import convert_word2vec_pickle, convert_word_table_from_checkpoint
-
     prefix = checkpoint_prefix(args.word2vec)
     if Path(f"{prefix}.index").exists():
         table = convert_word_table_from_checkpoint(prefix, args.out, reader=args.reader)

@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vatt.data.errors import MediaError
-    from vatt.embed import embed_files, embed_text, list_media, model_modalities, write_embeddings
+    from vatt.data.manifest import list_media
+    from vatt.embed import embed_files, embed_text, model_modalities, write_embeddings
 
     out = Path(args.out)
     if out.suffix != ".npz":
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     entries = list_media(args.inputs, path_column=args.path_column, caption_column=args.caption_column,
                          root=args.root, where=parse_where(args.where), left_out=left_out) if args.inputs else []
     if left_out:
-        from vatt.data.datasets import format_left_out
+        from vatt.data.manifest import format_left_out
         print(f"left out {sum(left_out.values())} file(s) of the folders: {format_left_out(left_out)}")
 
     files = None

@@ -20,11 +20,11 @@ Both print a table and write JSON (--out) with the protocol beside every number.
 from __future__ import annotations
 
 import argparse
-import csv
 from typing import Any
 
 from vatt.commands.embed import (Bar, add_fps_argument, add_media_arguments, add_run_arguments, load_model,
                                  media_error, parse_where, table, write_json)
+from vatt.data.manifest import PATH_COLUMNS, pick_column, read_column, read_records
 
 # The official zero-shot evaluation (`_run_zero_shot_retrieval`) scores text->video, and audio->video when the
 # data have audio; video->text is an extra.
@@ -189,8 +189,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from vatt.embed import embed_files, embed_text, embedding_arrays, read_embeddings, read_manifest_entries, \
-        write_embeddings
+    from vatt.data.manifest import read_manifest_entries
+    from vatt.embed import embed_files, embed_text, embedding_arrays, read_embeddings, write_embeddings
     from vatt.eval.retrieval import DIRECTIONS, MODES, format_table
 
     directions = _split_list(args.directions, DIRECTIONS, "--directions")
@@ -283,19 +283,9 @@ def run_retrieval(args: argparse.Namespace) -> int:
 # Linear probe
 # --------------------------------------------------------------------------------------------------
 
-def _read_column(csv_path, column: str) -> list[str]:
-    import csv
-
-    with open(csv_path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        if column not in (reader.fieldnames or []):
-            raise ValueError(f"{csv_path}: no column {column!r}; columns are {reader.fieldnames}")
-        return [(r[column] or "").strip() for r in reader]
-
-
 def probe_splits(args: argparse.Namespace) -> tuple[list[tuple[str, list, list]], list[str]]:
     """[(split name, train items, test items)] and the class names, from the command's split options."""
-    from vatt.data.datasets import ClassificationDataset
+    from vatt.data.classification import ClassificationDataset
 
     wanted = [s.strip() for s in args.splits.split(",")] if args.splits else None
     where = parse_where(args.where)
@@ -319,13 +309,8 @@ def probe_splits(args: argparse.Namespace) -> tuple[list[tuple[str, list, list]]
 
     path_column = args.path_column
     if path_column is None:  # detected as in the other commands
-        from vatt.embed import PATH_COLUMNS
-        with open(args.data, encoding="utf-8-sig", newline="") as f:
-            header = next(csv.reader(f), [])
-        path_column = next((c for c in PATH_COLUMNS if c in header), None)
-        if path_column is None:
-            raise ValueError(f"{args.data}: no file path column (looked for {', '.join(PATH_COLUMNS)}; name it with "
-                             f"--path-column); columns are {header}")
+        path_column = pick_column(read_records(args.data).columns, None, PATH_COLUMNS, "file path", str(args.data),
+                                  required=True)
     common = dict(path_column=path_column, label_column=args.label_column, root=args.root)
     all_rows = ClassificationDataset.from_csv(args.data, where=where or None, **common)
     classes = all_rows.classes
@@ -337,7 +322,7 @@ def probe_splits(args: argparse.Namespace) -> tuple[list[tuple[str, list, list]]
     if args.split_column:
         return [(f"{args.split_column}={args.test_value}", subset({args.split_column: args.train_value}),
                  subset({args.split_column: args.test_value}))], classes
-    values = _read_column(args.data, args.fold_column)
+    values = read_column(args.data, args.fold_column)
     folds = sorted(set(values) - {""}, key=lambda v: (0, int(v)) if v.lstrip("-").isdigit() else (1, v))
     folds = [f for f in folds if wanted is None or f in wanted]
     if len(folds) < (1 if wanted else 2):
@@ -353,7 +338,8 @@ def extract_features(model, items, classes, modality: str, num_windows: int, fps
     import numpy as np
     import torch
 
-    from vatt.data.datasets import ClassificationDataset, collate
+    from vatt.data.classification import ClassificationDataset
+    from vatt.data.sampling import collate
     from vatt.embed import _EvalMode, clip_spec, forward_modality
 
     spec = clip_spec(model, fps)

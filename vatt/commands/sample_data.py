@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
+
+from vatt.data.sample_data import SampleDataConfig, write_sample_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
-    from vatt.data.sample_data import SampleDataConfig, write_sample_dataset
-
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     config = SampleDataConfig(size=args.size, fps=args.fps, duration_s=args.duration, sample_rate=args.sample_rate)
     step = max(args.num_clips // 10, 1)

@@ -1,11 +1,14 @@
 """Pack a manifest into WebDataset tar shards (encoded clip bytes + JSON metadata).
 
 The manifest is a pre-training manifest (CSV or JSON Lines with a `video` column; see
-`vatt.data.datasets.read_manifest`). Files that cannot be used are left out and counted.
+`vatt.data.manifest.read_manifest`). Files that cannot be used are left out and counted.
 """
 from __future__ import annotations
 
 import argparse
+
+from vatt.data.errors import MediaError
+from vatt.data.shards import write_shards
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vatt.data.errors import MediaError
-    from vatt.data.shards import write_shards
-
     where: dict[str, list[str]] = {}
     for item in args.where:
         column, sep, value = item.partition("=")

@@ -87,7 +87,8 @@ def _embeddings_from_model(args, modalities) -> tuple[dict[str, Any], list]:
     """Embed the data named on the command line; returns (arrays as `embedding_arrays` gives them, entries)."""
     from pathlib import Path
 
-    from vatt.embed import MediaEntry, embed_files, embedding_arrays, list_media
+    from vatt.data.manifest import MediaEntry, list_media
+    from vatt.embed import embed_files, embedding_arrays
 
     if not (args.model and getattr(args, "data", None) or args.model and getattr(args, "manifest", None)):
         raise ValueError("give a model folder and data (or --embeddings FILE.npz)")
@@ -96,7 +97,7 @@ def _embeddings_from_model(args, modalities) -> tuple[dict[str, Any], list]:
     if Path(data).is_dir():
         from collections import Counter
 
-        from vatt.data.datasets import format_left_out
+        from vatt.data.manifest import format_left_out
         root = Path(data)
         left_out: Counter[str] = Counter()
         entries = [MediaEntry(e.path, fields={"label": Path(e.path).relative_to(root).parts[0]})
@@ -191,7 +192,8 @@ def run_similarity(args: argparse.Namespace) -> int:
         arrays = read_embeddings(args.embeddings)
         source = str(args.embeddings)
     else:
-        from vatt.embed import embed_files, embed_text, embedding_arrays, read_manifest_entries
+        from vatt.data.manifest import read_manifest_entries
+        from vatt.embed import embed_files, embed_text, embedding_arrays
         if not (args.model and args.manifest):
             raise ValueError("give a model folder and a manifest (or --embeddings FILE.npz)")
         model = load_model(args.model, args.device, args.vocab)

@@ -44,6 +44,7 @@ import math
 import os
 import stat
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Union
 
 import av
@@ -239,6 +240,13 @@ def probe(path: MediaSource) -> MediaInfo:
             known = [d for d in (info.get("video_duration_s"), info.get("audio_duration_s")) if d]
             info["duration_s"] = max(known) if known else None
         return MediaInfo(**info)
+
+
+@lru_cache(maxsize=1 << 16)
+def file_duration(path: str) -> float:
+    """`probe(path).duration_s` (0 if unknown), cached per process: datasets whose rows give no end time
+    probe each file once per worker."""
+    return probe(path).duration_s or 0.0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import csv
 import math
+import multiprocessing as mp
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -249,9 +252,6 @@ def _rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray | None, fps: float = 10.0,
               sample_rate: int = 16000, crf: int = 20) -> None:
     """Encode frames uint8 [T, H, W, 3] (H, W even) and mono audio float32 [N] as H.264 + AAC mp4."""
-    import av
-    from fractions import Fraction
-
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
@@ -346,8 +346,6 @@ def write_sample_dataset(
     jobs = [(str(out), i, seed, cfg) for i in range(num_clips)]
     rows: list[dict] = []
     if num_workers > 0:
-        import multiprocessing as mp
-
         # Chunks of a few clips: less IPC per clip, while keeping both cores busy to the end.
         with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(num_workers) as pool:
             for row in pool.imap(_write_one, jobs, chunksize=4):

@@ -35,24 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import torch
+import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vatt.data import decoding
-from vatt.data.datasets import (
-    ManifestRow,
-    PretrainSampleConfig,
-    SkipCounter,
-    matches_fields,
-    context_neighbours,
-    make_pretrain_sample,
-    read_manifest,
-    sample_seed,
-    select_captions,
-)
 from vatt.atomic import write_json
+from vatt.data import decoding
 from vatt.data.decoding import MediaBytes
 from vatt.data.errors import MediaError
+from vatt.data.manifest import ManifestRow, read_manifest, row_matches
+from vatt.data.pretraining import PretrainSampleConfig, context_neighbours, make_pretrain_sample, select_captions
+from vatt.data.sampling import SkipCounter, sample_seed
 from vatt.data.text import WordTokenizer
 
 log = logging.getLogger(__name__)
@@ -71,8 +65,6 @@ def cut_segment(path: str, start_s: float, end_s: float) -> tuple[bytes, float]:
     container start) at which the cut's clock starts, so source time t is t - offset_s in the cut.
     Matroska rather than the source container: it takes any codec, and stream copy keeps quality.
     """
-    import av
-
     with av.open(path, metadata_errors="ignore") as src:
         origin = src.start_time / av.time_base if src.start_time is not None else 0.0
         video = next((s for s in src.streams.video), None)
@@ -175,7 +167,7 @@ def write_shards(
     progress: Callable[[int, int], None] | None = None,
     vocab_size: int = 2**16,
 ) -> ShardReport:
-    """Pack a pre-training manifest (see `datasets.read_manifest`) into tar shards under `out_dir`.
+    """Pack a pre-training manifest (see `vatt.data.manifest.read_manifest`) into tar shards under `out_dir`.
 
     Each file is probed first; one that cannot be used (missing, empty, corrupt, no video) is left
     out and counted in the report by reason (or raises with `strict=True`). Captions are stored as
@@ -189,7 +181,7 @@ def write_shards(
         raise ValueError(f"need max_count >= 1 and max_size_mb > 0, got {max_count} and {max_size_mb}")
     t0 = time.perf_counter()
     manifest = Path(manifest)
-    rows = [r for r in read_manifest(manifest) if matches_fields(r.fields, where, where_not)]
+    rows = [r for r in read_manifest(manifest) if row_matches(r.fields, where, where_not)]
     neighbours = context_neighbours(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -368,8 +360,6 @@ class ShardDataset(IterableDataset):
     def _reader(self) -> tuple[int, int]:
         rank, world = self.rank, self.world_size
         if rank is None or world is None:
-            import torch.distributed as dist
-
             initialized = dist.is_available() and dist.is_initialized()
             world = world if world is not None else (dist.get_world_size() if initialized else 1)
             rank = rank if rank is not None else (dist.get_rank() if initialized else 0)

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -31,6 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from vatt import faults
@@ -199,10 +201,6 @@ def load_train_state(folder: str | Path) -> dict[str, Any]:
 # RNG state as plain values (weights_only=True rejects numpy arrays)
 # ---------------------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
              "torch": torch.get_rng_state()}
@@ -212,10 +210,6 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
     random.setstate(_tuples(state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from vatt import configs as model_configs
 from vatt import faults
-from vatt.data.datasets import collate, sample_seed
+from vatt.data.sampling import MicroBatches, collate, sample_seed
 from vatt.data.errors import WORKER_DEATH_ERRORS, is_worker_death, worker_died
 from vatt.distributed import DistEnv, all_reduce, barrier, init_distributed, shutdown_distributed
 from vatt.engine import checkpoint as ckpt
@@ -47,7 +47,6 @@ from vatt.engine.optim import build_optimizer, set_learning_rate
 from vatt.engine.parallel import wrap_model
 from vatt.engine.progress import Callback, MetricsWriter
 from vatt.precision import autocast, autocast_dtype
-from vatt.pretrain.data import MicroBatches
 
 log = logging.getLogger("vatt.engine")
 
@@ -227,6 +226,7 @@ class Trainer:
                                  f"{ckpt.latest_checkpoint(self.ckpt_root) or 'none'}: run again with --resume "
                                  "(resume=True) to continue from it.") from None
         finally:
+            micro_batches.close()
             if writer:
                 writer.close()
         result.step, result.skipped_steps = state.step, state.skipped_steps
@@ -405,7 +405,15 @@ def train(cfg: ExperimentConfig, task: Task, *, resume: bool = False, overwrite:
         barrier()  # rank 0 may be deleting an earlier run
         train_dataset = task.prepare(env)
         trainer = Trainer(cfg, task, env, train_dataset, list(callbacks) if env.is_main else [], collate_fn)
-        return trainer.run(resume)
+        try:
+            return trainer.run(resume)
+        finally:
+            # Free the trainer here, before the process group goes: DDP's reducer holds the group, and a group
+            # freed after `destroy_process_group` can deadlock against its own worker thread. (Task and trainer
+            # refer to each other; without the cycle its DataLoader workers also go now, not at some later
+            # garbage collection, which may fall inside a fork: see vatt.data.decoding.)
+            del task.trainer
+            trainer = None
     finally:
         shutdown_distributed(env)
 

@@ -15,6 +15,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from vatt.atomic import WriteFailed, write_text
 
 log = logging.getLogger("vatt.pretrain")
@@ -160,7 +162,6 @@ class ConsoleProgress:
         self.plain = None if _is_terminal(sys.stderr) else PlainProgress(desc, total, unit, initial, interval)
         self.bar = None
         if self.plain is None:
-            from tqdm.auto import tqdm
             self.bar = tqdm(desc=desc or None, total=total, initial=initial, unit=unit, dynamic_ncols=True,
                             **tqdm_kwargs)
 
@@ -206,7 +207,6 @@ class TqdmLoggingHandler(logging.Handler):
     """Writes log records above a running tqdm bar instead of breaking it."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm.auto import tqdm
         try:
             tqdm.write(self.format(record))
         except Exception:  # noqa: BLE001 - logging must never raise

@@ -49,7 +49,7 @@ def predict(model: nn.Module, dataset, *, batch_size: int = 8, num_workers: int 
     The dataset yields validation samples (`video` `[V, T, H, W, 3]` or `audio` `[V, N]`, and `label`).
     Under torch.distributed each rank scores every world_size-th clip and the results are gathered.
     """
-    from vatt.data.datasets import collate
+    from vatt.data.sampling import collate
     from vatt.distributed import get_rank, get_world_size, is_distributed
 
     device = device or next(model.parameters()).device

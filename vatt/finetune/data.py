@@ -1,4 +1,4 @@
-"""The labelled training and validation sets a fine-tuning config names (`vatt.data.datasets.ClassificationDataset`).
+"""The labelled training and validation sets a fine-tuning config names (`vatt.data.classification.ClassificationDataset`).
 
 Training samples: one random window per clip, Inception crop + flip (video, images), tiled over
 `image_frames` frames (images), raw waveform (audio). Validation samples: every view of a clip,
@@ -64,7 +64,7 @@ def _kwargs(sizes: InputSizes, data: DataConfig, train: bool, seed: int) -> dict
 
 def build_datasets(data: DataConfig, model_config: Any, seed: int = 0):
     """(train dataset, validation dataset or None, class names, multi_label) for the data section."""
-    from vatt.data.datasets import ClassificationDataset
+    from vatt.data.classification import ClassificationDataset
 
     if not data.train:
         raise ConfigError("data.train is empty: name the training data (a CSV, a class folder or a split file)")

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from vatt.atomic import atomic_folder, write_text
 from vatt.checkpoint.io import load, save
 from vatt.data import transforms
-from vatt.data.datasets import sample_seed
+from vatt.data.sampling import sample_seed
 from vatt.distributed import DistEnv, barrier
 from vatt.engine import checkpoint as ckpt
 from vatt.engine.loop import GradGroup, Task, TrainingDiverged, TrainResult, train
@@ -67,7 +67,7 @@ def finetune(config: FinetuneConfig, *, resume: bool = False, callbacks: Iterabl
     """Fine-tune a classifier as `config` says; with `resume`, continue from the latest checkpoint.
 
     `train_dataset` / `val_dataset` replace the data named in `config.data` (map-style datasets as
-    `vatt.data.datasets.ClassificationDataset` yields: training samples `video` [T, H, W, 3] or `audio` [N]
+    `vatt.data.classification.ClassificationDataset` yields: training samples `video` [T, H, W, 3] or `audio` [N]
     with `label`; validation samples with all views, `[V, ...]`). Callbacks get `on_start`, `on_step`,
     `on_log`, `on_eval`, `on_end`, and `on_eval_progress(done, total)` if they define it.
     A new run (not `resume`) refuses a `run.output_dir` that already holds files, unless `overwrite`.

@@ -26,6 +26,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vatt.checkpoint.convert_tf import convert_tf_checkpoint
+from vatt.checkpoint.io import CONFIG, load_config, read_weights
+from vatt.engine.checkpoint import latest_checkpoint
+from vatt.model.positional import resize_table
+
 
 @dataclass
 class InitReport:
@@ -76,8 +81,6 @@ def _source_name(ours: str, kind: str, modality: str) -> str | None:
 
 
 def _fit_table(name: str, value: torch.Tensor, target: torch.Tensor, report: InitReport) -> torch.Tensor:
-    from vatt.model.positional import resize_table
-
     if ".pos_embedding." in name and ".tables." in name and value.dim() == 2 and value.shape[1] == target.shape[1] \
             and value.shape[0] != target.shape[0]:
         report.resized.append(f"{name} {value.shape[0]}->{target.shape[0]}")
@@ -141,11 +144,8 @@ def state_from_model(model: nn.Module, state: dict[str, torch.Tensor], source_co
 
 def _resolve_folder(path: Path) -> Path:
     """A model folder, or the latest checkpoint of a run folder."""
-    from vatt.checkpoint.io import CONFIG
-
     if (path / CONFIG).is_file():
         return path
-    from vatt.engine.checkpoint import latest_checkpoint
 
     for root in (path / "checkpoints", path):
         latest = latest_checkpoint(root)
@@ -161,13 +161,11 @@ def init_classifier(model: nn.Module, source: str | os.PathLike | None) -> InitR
         return InitReport(source="", kind="scratch")
     path = Path(source)
     if path.is_dir():
-        from vatt.checkpoint.io import load_config, read_weights
         folder = _resolve_folder(path)
         config = load_config(folder)
         state = read_weights(folder, config)  # manifest, sizes and shapes checked as vatt.load does
         mapped, report = state_from_model(model, state, config, str(folder))
     else:
-        from vatt.checkpoint.convert_tf import convert_tf_checkpoint
         if not any(Path(str(path) + suffix).exists() for suffix in (".index", ".meta")) and not path.exists():
             raise FileNotFoundError(f"model.init_from: {source} is neither a model folder nor a TensorFlow "
                                     "checkpoint prefix (no <prefix>.index)")

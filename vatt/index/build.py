@@ -30,7 +30,8 @@ from torch import nn
 from vatt.data import decoding
 from vatt.data.errors import MediaError
 from vatt.distributed import get_rank, get_world_size, is_distributed
-from vatt.embed import DEFAULT_FPS, clip_spec, forward_modality, list_media
+from vatt.data.manifest import list_media
+from vatt.embed import DEFAULT_FPS, clip_spec, forward_modality
 from vatt.index import store
 from vatt.index.ann import build_ann, remove_ann
 from vatt.index.windows import Segment, SegmentDataset, plan_segments

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from vatt.checkpoint.io import load
+from vatt.data.manifest import read_manifest_entries
 from vatt.data.sample_data import CLASSES
-from vatt.embed import read_manifest_entries
 from vatt.index.build import build_index
 from vatt.index.search import Index
 

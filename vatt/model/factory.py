@@ -9,6 +9,7 @@ from torch import nn
 from vatt import configs
 from vatt.configs import ClassifierConfig, UnifiedConfig, VATTConfig
 from vatt.model.transformer import MultiHeadAttention
+from vatt.model.vatt import VATT, Classifier, UnifiedVATT
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -37,13 +38,10 @@ def build_model(cfg: Any) -> nn.Module:
     if isinstance(cfg, str):
         cfg = configs.get_preset(cfg)
     if isinstance(cfg, VATTConfig):
-        from vatt.model.vatt import VATT
         model = VATT(cfg)
     elif isinstance(cfg, UnifiedConfig):
-        from vatt.model.vatt import UnifiedVATT
         model = UnifiedVATT(cfg)
     elif isinstance(cfg, ClassifierConfig):
-        from vatt.model.vatt import Classifier
         model = Classifier(cfg)
         # The AudioSet prior bias stays; a softmax classifier's bias starts at zero like every Keras Dense.
         model.head.classification._keep_bias_init = cfg.output == "sigmoid"

@@ -39,7 +39,7 @@ class ModelConfig(ModelSection):
 
 @dataclass
 class DataConfig:
-    # A manifest (CSV / JSON Lines, see `vatt.data.datasets.read_manifest`; `vatt sample-data` writes one)
+    # A manifest (CSV / JSON Lines, see `vatt.data.manifest.read_manifest`; `vatt sample-data` writes one)
     # or WebDataset shards written by `vatt shard`: their folder, or "shards/shard-{000000..000099}.tar".
     train: str = ""
     train_where: dict[str, Any] = field(default_factory=dict)  # keep manifest rows by column, e.g. {split: train}

@@ -45,9 +45,9 @@ def pretrain(config: PretrainConfig, *, resume: bool = False, callbacks: Iterabl
     """Pre-train a VATT model as `config` says; with `resume`, continue from the latest checkpoint.
 
     `train_dataset` / `heldout_dataset` replace the datasets named in `config.data`: map-style datasets
-    keyed by (epoch, index) pairs, or iterable ones, of dicts as `vatt.data.datasets` yields them (video
+    keyed by (epoch, index) pairs, or iterable ones, of dicts as `vatt.data.pretraining.PretrainDataset` yields them (video
     [T, H, W, 3] in [-1, 1], audio [N], text [L, n_words] ids, audio_mask and text_mask floats), stacked by
-    `collate_fn` (default `vatt.data.datasets.collate`); `tokenizer` is the word tokenizer that made their
+    `collate_fn` (default `vatt.data.sampling.collate`); `tokenizer` is the word tokenizer that made their
     text ids, saved with every checkpoint as vocab.txt so that the model folder can embed captions.
     A new run (not `resume`) refuses an `run.output_dir` that already holds files, unless `overwrite`
     (which deletes what an earlier run wrote there). Returns once `optim.total_steps` steps are done;
