@@ -10,17 +10,23 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
+from vatt.atomic import atomic_write
 from vatt.eval.metrics import to_numpy
 
 PROJECTIONS = ("tsne", "pca")
 
 
-def project_2d(features, method: str = "tsne", seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+def project_2d(features, method: str = "tsne", seed: int = 0, perplexity: float = 30.0,
+               tsne_method: str = "barnes_hut") -> np.ndarray:
     """[N, D] features -> [N, 2] coordinates by t-SNE or PCA (scikit-learn).
 
     t-SNE starts from the PCA layout (stable across runs with the same seed); its perplexity is capped
     at (N - 1) / 3 because sklearn requires perplexity < N and small sets need a smaller value.
+    `tsne_method="exact"` computes all pairs: for a few hundred points it takes about a second, where
+    scikit-learn's default Barnes-Hut took 5-40 s on a busy 2-core machine (its OpenMP threads stall).
     """
     x = to_numpy(features, dtype=np.float64)
     if x.ndim != 2:
@@ -28,18 +34,16 @@ def project_2d(features, method: str = "tsne", seed: int = 0, perplexity: float 
     if x.shape[0] < 3:
         raise ValueError(f"need at least 3 points for a 2-D projection, got {x.shape[0]}")
     if method == "pca":
-        from sklearn.decomposition import PCA
-
         return PCA(n_components=2, random_state=seed).fit_transform(x)
     if method == "tsne":
-        from sklearn.manifold import TSNE
-
         perplexity = min(perplexity, (x.shape[0] - 1) / 3)
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", method=tsne_method,
+                    random_state=seed).fit_transform(x)
     raise ValueError(f"method must be one of {PROJECTIONS}, got {method!r}")
 
 
 def _new_figure(size_inches: tuple[float, float], dpi: int, layout: str | None = None):
+    # matplotlib is imported when a picture is drawn: it is slow to import and most users never draw.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -49,7 +53,6 @@ def _new_figure(size_inches: tuple[float, float], dpi: int, layout: str | None =
 
 
 def _save(fig, path) -> Path:
-    from vatt.atomic import atomic_write
     path = Path(path)
     with atomic_write(path, what="picture") as f:
         fig.savefig(f, format="png", dpi=fig.dpi)

@@ -374,13 +374,14 @@ class _Run:
     # ------------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Zero-shot retrieval on the held-out clips (all ranks compute it; FSDP needs every rank)."""
-        from vatt.pretrain.evaluation import embed_clips, zero_shot_retrieval
+        from vatt.eval.retrieval import heldout_retrieval
+        from vatt.inference import embed_clips
         keys = [(0, i) for i in range(min(len(self.heldout), self.cfg.eval.max_clips))]  # (epoch, index), as in training
         loader = DataLoader(self.heldout, sampler=keys, batch_size=max(self.micro_batch, 16), collate_fn=self.collate_fn,
                             num_workers=self.cfg.data.num_workers)
         embeddings = embed_clips(self.raw_model, loader, self.env.device, self.amp_dtype)
         self.model.train()
-        return zero_shot_retrieval(embeddings)
+        return heldout_retrieval(embeddings)
 
 
 def format_heldout(metrics: dict[str, float]) -> str:
