@@ -125,3 +125,12 @@ def read_embeddings(path: str | os.PathLike) -> dict[str, Any]:
         out = {k: data[k] for k in data.files}
     out["meta"] = json.loads(str(out["meta"])) if "meta" in out else {}
     return out
+
+
+def read_embedding_rows(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The `.csv` index written beside an embeddings `.npz`: one dict per row (file window)."""
+    index = _csv_path(Path(path))
+    if not index.is_file():
+        raise FileNotFoundError(f"{index}: the index written beside {path} is missing (labels come from it)")
+    with open(index, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
