@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from vatt.commands.arguments import media_error, table
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -57,7 +59,6 @@ def _clock(s: float) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from vatt.commands.embed import media_error, table
     from vatt.data.errors import MediaError
     from vatt.index import Index
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from vatt.commands.arguments import parse_where
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -30,7 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vatt.commands.embed import parse_where
     from vatt.pretrain.data import build_vocabulary, is_shards
 
     where = parse_where(args.where)
