@@ -5,28 +5,10 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 
-import vatt
-from vatt.data.sample_data import write_sample_dataset
-from vatt.data.text import WordTokenizer
 from vatt.embed import embed_files, read_manifest_entries
 from vatt.embedding_files import embedding_arrays, read_embeddings, write_embeddings
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sample")
-    write_sample_dataset(out, num_clips=6, seed=2)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model = vatt.build_model("tx_fac_tiny").eval()
-    model.tokenizer = WordTokenizer.build(["a red ball moving up", "the blue square"], max_size=1024)
-    return model
+from tests.test_embed import sample, tiny  # noqa: F401 (the fixtures: sample clips, a tiny model)
 
 
 def test_npz_and_csv_round_trip(tiny, sample, tmp_path):

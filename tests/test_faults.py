@@ -23,7 +23,7 @@ import vatt
 from vatt.data.sample_data import write_sample_dataset
 from vatt.data.shards import write_shards
 from vatt.data.text import WordTokenizer
-from vatt.embed import read_embeddings
+from vatt.embedding_files import read_embeddings
 from vatt.engine import checkpoint as ckpt
 from vatt.pretrain.config import load_config
 from vatt.pretrain.loop import pretrain

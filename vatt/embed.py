@@ -219,7 +219,7 @@ def _squeeze_windows(emb: Embeddings | None, num_windows: int) -> Embeddings:
 # Files
 # --------------------------------------------------------------------------------------------------
 
-class _FileWindows(torch.utils.data.Dataset):
+class FileWindows(torch.utils.data.Dataset):
     """Decodes all windows of one file per item; a MediaError is returned (not raised) for the caller."""
 
     def __init__(self, paths: Sequence[str], spec: InputSpec, modalities: tuple[str, ...] | None,
@@ -311,7 +311,7 @@ def embed_files(model: nn.Module, paths: Sequence[str | os.PathLike], *, modalit
     paths = _as_paths(paths)
     if entries is not None and len(entries) != len(paths):
         raise ValueError(f"{len(entries)} entries for {len(paths)} paths")
-    data = _FileWindows(paths, spec, modalities, tuple(m for m in can if m != "text"), num_windows)
+    data = FileWindows(paths, spec, modalities, tuple(m for m in can if m != "text"), num_windows)
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=num_workers)
     batchers = {m: WindowBatcher(model, m, batch_size, precision) for m in ("video", "audio") if m in can}
     starts: dict[int, torch.Tensor] = {}

@@ -8,9 +8,16 @@ and the collection index (`vatt.index`).
 
 - `evaluating(model, dtype)`: the context every forward here runs in: eval mode (the FAC head's
   BatchNorm uses its moving statistics; the previous mode is restored), no autograd, autocast to `dtype`.
-- `forward_modality`: one batch of one modality -> the model's outputs for it, float32 on the CPU.
+- `forward_modality`: one batch of one modality -> the model's outputs for it, float32 on the CPU
+  (`modality_outputs` names them: features, va, vt, logits).
 - `forward_windows`: many windows of one modality, `batch_size` at a time.
 - `WindowBatcher`: collects the windows of many files and runs them `batch_size` at a time.
+- `forward_views`: batches whose clips carry several views `[B, V, ...]` (test windows, crops), all views
+  of a batch in one forward.
+- `embed_clips`: batches of whole clips (video, audio and captions) -> their common-space embeddings.
+
+The autocast policy is `vatt.precision`'s: "fp32" (default), "bf16" or "auto"; functions that take a
+`precision` string resolve it for the model's device, those fed by a trainer take its dtype.
 """
 from __future__ import annotations
 

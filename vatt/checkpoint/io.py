@@ -34,6 +34,7 @@ from vatt import configs
 from vatt.atomic import atomic_write, write_text
 from vatt.checkpoint.manifest import DamagedFolder, verify_folder, write_manifest
 from vatt.data.text import WordTokenizer
+from vatt.model.factory import build_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -140,8 +141,6 @@ def expected_tensors(config: Any, path: str | os.PathLike = CONFIG,
 
     Refuses a model of more than `max_parameters` parameters, naming its largest tensor.
     """
-    from vatt.model.factory import build_model
-
     with torch.device("meta"):
         state = build_model(config).state_dict()
     total = sum(t.numel() for t in state.values())
@@ -255,8 +254,6 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
     (module docstring): `DamagedFolder` (a ValueError) names a damaged or missing file, a ValueError an
     absurd config or weights that do not fit it.
     """
-    from vatt.model.factory import build_model
-
     directory = Path(directory)
     verify_folder(directory, required=[WEIGHTS, CONFIG])
     config = load_config(directory)

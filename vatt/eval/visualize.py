@@ -81,7 +81,7 @@ def class_styles(names: Sequence[str]) -> list[tuple[tuple[float, float, float, 
     """A (RGBA colour, marker) per class, all distinct: the named colour and shape where a name has them;
     otherwise a qualitative palette (tab10 up to 10 classes, tab20 up to 20) and, beyond 20 classes,
     palette colours combined with markers (never a continuous map, whose neighbours look alike)."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # as in `_new_figure`: imported when a picture is drawn
     from matplotlib.colors import to_rgba
 
     words = [str(n).lower().replace("-", " ").replace("_", " ").split() for n in names]
