@@ -155,3 +155,15 @@ def test_retrieval_skips_what_the_data_lacks_and_says_why():
     assert {r.protocol.direction for r in results} == {"text->video"}
     with pytest.raises(ValueError, match="audio->video"):
         R.retrieval_from_arrays(arrays, directions=("audio->video",), strict=True)
+
+
+def test_heldout_retrieval_uses_the_clips_with_text_and_audio():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(5, 8))
+    emb = {"video_vt": base, "text_vt": base * 2.0, "video_va": base, "audio_va": base * 0.5,
+           "text_mask": np.array([1, 1, 0, 1, 1], np.float32), "audio_mask": np.array([1, 0, 1, 1, 0], np.float32)}
+    metrics = R.heldout_retrieval(emb)
+    assert metrics["text->video/R@1"] == 1.0 and metrics["text->video/num_items"] == 5  # 4 queries, all videos
+    assert metrics["audio->video/R@1"] == 1.0 and metrics["audio->video/num_items"] == 3  # clips with audio
+    emb["text_vt"] = emb["text_vt"][[1, 0, 2, 3, 4]]  # clips 0 and 1 swap captions
+    assert R.heldout_retrieval(emb)["text->video/R@1"] == 0.5

@@ -9,6 +9,7 @@ import argparse
 import os
 
 from vatt.configs import DEFAULT_FPS
+from vatt.data.errors import MediaError
 
 
 def add_media_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,3 +63,12 @@ def table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
         return "  ".join(c.rjust(w) if i >= numeric_from else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in cells])
+
+
+def run_subcommand(args: argparse.Namespace) -> int:
+    """Run the chosen sub-command (`set_defaults(_run=...)`); a file that cannot be used ends it with one line
+    naming the file and the reason (and the --skip-bad hint where the sub-command has that flag)."""
+    try:
+        return args._run(args)
+    except MediaError as e:
+        raise (media_error(e) if hasattr(args, "skip_bad") else media_error(e, hint="")) from None

@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vatt.commands.arguments import (add_fps_argument, add_media_arguments, add_run_arguments, media_error,
-                                     parse_where, table)
+from vatt.commands.arguments import (add_fps_argument, add_media_arguments, add_run_arguments, parse_where,
+                                     run_subcommand, table)
 
 # The official zero-shot evaluation (`_run_zero_shot_retrieval`) scores text->video, and audio->video when the
 # data have audio; video->text is an extra. (`vatt.eval.retrieval.OFFICIAL_DIRECTIONS`; the parser is built
@@ -89,12 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vatt.data.errors import MediaError
-
-    try:
-        return args._run(args)
-    except MediaError as e:  # a file that cannot be used: one line naming it and the reason
-        raise (media_error(e) if hasattr(args, "skip_bad") else media_error(e, hint="")) from None
+    return run_subcommand(args)
 
 
 # --------------------------------------------------------------------------------------------------

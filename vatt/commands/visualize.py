@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vatt.commands.arguments import (add_fps_argument, add_media_arguments, add_run_arguments, media_error,
-                                     parse_where, table)
+from vatt.commands.arguments import (add_fps_argument, add_media_arguments, add_run_arguments, parse_where,
+                                     run_subcommand, table)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,12 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vatt.data.errors import MediaError
-
-    try:
-        return args._run(args)
-    except MediaError as e:  # a file that cannot be used: one line naming it and the reason
-        raise media_error(e, hint="") from None
+    return run_subcommand(args)
 
 
 def _embed(args: argparse.Namespace, entries: list, modalities, captions: str = "none") -> tuple[dict[str, Any], list]:
