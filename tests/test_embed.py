@@ -1,7 +1,6 @@
 """vatt.embed: embeddings of tensors, files and captions; windows; bad files; the model's embedding methods."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
