@@ -117,30 +117,23 @@ class WindowBatcher:
         self.pending: list[tuple[Hashable, torch.Tensor]] = []
         self.results: dict[Hashable, dict[str, torch.Tensor]] = {}
 
-    def add(self, key: Hashable, windows: torch.Tensor) -> list[Hashable]:
-        """Queue the windows of `key`; returns the keys whose results are ready (a batch ran), else []."""
+    def add(self, key: Hashable, windows: torch.Tensor) -> None:
+        """Queue the windows of `key`; runs the queue once it holds `batch_size` windows."""
         self.pending.append((key, windows))
         if sum(w.shape[0] for _, w in self.pending) >= self.batch_size:
-            return self.flush()
-        return []
+            self.flush()
 
-    def drop(self, keep: Callable[[Hashable], bool]) -> None:
-        """Forget the queued windows of the keys `keep` rejects (e.g. a file that failed part-way)."""
-        self.pending = [(k, w) for k, w in self.pending if keep(k)]
-
-    def flush(self) -> list[Hashable]:
-        """Run the queued windows; returns their keys."""
+    def flush(self) -> None:
+        """Run the queued windows."""
         if not self.pending:
-            return []
+            return
         out = forward_windows(self.model, self.modality, torch.cat([w for _, w in self.pending]), self.batch_size,
                               self.precision)
         row = 0
         for key, w in self.pending:
             self.results[key] = {k: v[row:row + w.shape[0]] for k, v in out.items()}
             row += w.shape[0]
-        keys = [key for key, _ in self.pending]
         self.pending = []
-        return keys
 
 
 def _numpy(value: torch.Tensor) -> np.ndarray:
