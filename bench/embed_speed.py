@@ -6,7 +6,7 @@ end to end, with the matmul peaks measured in the same process.
 
 Windows are decoded from a 640x360 25 fps H.264 + AAC file by the embedding path itself (`vatt.embed`'s
 window loader: the middle 3.2 s, 32 frames at 10 fps resized and centre-cropped to 224, 153 600 samples of
-48 kHz audio); text is the tokenized captions (16 words). The forward is `vatt.embed.forward_modality`
+48 kHz audio); text is the tokenized captions (16 words). The forward is `vatt.inference.forward_modality`
 (inference mode, eval: no DropToken, so all 1568 video tokens), timed per modality, and its matrix-product
 FLOPs (torch's FlopCounterMode) per second are shown as a fraction of a 2048^3 fp32 (and bf16) matmul
 measured in this process just before each row. End to end is `vatt.embed.embed_files` -- what `vatt embed` runs -- on the same
@@ -33,7 +33,7 @@ from bench.pipeline import CAPTIONS, write_media  # noqa: E402
 
 
 def forward_flops(model, modality: str, x: torch.Tensor) -> float:
-    from vatt.embed import forward_modality
+    from vatt.inference import forward_modality
     with flop_counter() as counter:
         forward_modality(model, modality, x)
     return float(counter.get_total_flops())
@@ -41,7 +41,7 @@ def forward_flops(model, modality: str, x: torch.Tensor) -> float:
 
 def time_forward(model, modality: str, x: torch.Tensor, batch: int, precision: str, repeats: int) -> float:
     """Seconds per window of `forward_modality` over `x` in batches (best of `repeats` passes)."""
-    from vatt.embed import forward_modality
+    from vatt.inference import forward_modality
     forward_modality(model, modality, x[:batch], precision)  # warm-up: allocations, kernel choice
     best = float("inf")
     for _ in range(repeats):
@@ -64,7 +64,8 @@ def main() -> int:
     import vatt.model
     from vatt import configs
     from vatt.data.text import WordTokenizer
-    from vatt.embed import _FileWindows, clip_spec, embed_files
+    from vatt.configs import input_spec
+    from vatt.embed import FileWindows, embed_files
 
     torch.manual_seed(0)
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -73,12 +74,12 @@ def main() -> int:
           f"torch {torch.__version__}, load average {load:.1f}; 2048^3 matmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
     model = vatt.model.build_model(configs.get_preset(args.preset)).eval()
-    spec = clip_spec(model)
+    spec = input_spec(model)
     rows, result = [], {"peak_flops": peak, "load_average": load, "preset": args.preset}
     with tempfile.TemporaryDirectory() as tmp:
         write_media(Path(tmp), rows=1)
         paths = [str(Path(tmp) / "v0.mp4")] * args.windows
-        decoded = [_FileWindows(paths, spec, ("video", "audio"), ("video", "audio"), 1)[i] for i in range(len(paths))]
+        decoded = [FileWindows(paths, spec, ("video", "audio"), ("video", "audio"), 1)[i] for i in range(len(paths))]
         inputs = {"video": torch.cat([d["video"] for d in decoded]), "audio": torch.cat([d["audio"] for d in decoded])}
         tokenizer = WordTokenizer.build(CAPTIONS)
         inputs["text"] = tokenizer.encode([CAPTIONS[i % len(CAPTIONS)] for i in range(16 * args.windows)])

@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import vatt  # noqa: E402
 from vatt.data.sample_data import describe_clip, render_audio, render_video, write_mp4  # noqa: E402
-from vatt.embed import clip_spec, forward_modality  # noqa: E402
+from vatt.configs import input_spec  # noqa: E402
+from vatt.inference import forward_modality  # noqa: E402
 from vatt.index import build_index  # noqa: E402
 from vatt.index.ann import build_ivf, recall_at  # noqa: E402
 from vatt.index.build import audio_to_vt, protocol  # noqa: E402
@@ -64,7 +65,7 @@ def bench_indexing(args) -> dict:
 
         # The same windows, decoded beforehand; the model alone.
         from vatt.data import decoding
-        spec = clip_spec(model)
+        spec = input_spec(model)
         stride = protocol(model, None, spec.fps)["stride_s"]
         segments = []
         for i, p in enumerate(paths):

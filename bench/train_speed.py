@@ -42,9 +42,9 @@ class RandomClips(torch.utils.data.Dataset):
 
     def __init__(self, preset: str, n: int, pool: int = 8):
         from vatt import configs
-        from vatt.embed import clip_spec
+        from vatt.configs import input_spec
 
-        spec = clip_spec(configs.get_preset(preset))
+        spec = input_spec(configs.get_preset(preset))
         g = torch.Generator().manual_seed(0)
         self.n = n
         self.pool = [{"video": torch.rand(spec.num_frames, spec.size, spec.size, 3, generator=g) * 2 - 1,

@@ -10,16 +10,17 @@ import pytest
 
 import vatt
 from vatt import atomic
-from vatt.atomic import WriteFailed
+from vatt.atomic import WriteFailed, write_json
 from vatt.checkpoint.manifest import verify_folder
 from vatt.cli import main as cli
 from vatt.data.sampling import collate
 from vatt.data.text import WordTokenizer
-from vatt.embed import embed_text, read_embeddings, write_embeddings
+from vatt.embed import embed_text
+from vatt.embedding_files import read_embeddings, write_embeddings
 from vatt.engine import checkpoint as ckpt
 from vatt.engine.progress import MetricsWriter, read_metrics
 
-from tests.test_pretrain_loop import SynthClips, tiny_config
+from tests.test_pretrain_task import SynthClips, tiny_config
 
 
 @pytest.fixture()
@@ -93,14 +94,13 @@ def test_embeddings_write_fails_cleanly(tmp_path, disk_full):
 
 
 def test_results_metrics_and_vocabulary_writes_fail_cleanly(tmp_path, disk_full):
-    from vatt.commands.embed import write_json
-    write_json(tmp_path / "results.json", {"top1": 0.5})
+    write_json(tmp_path / "results.json", {"top1": 0.5}, what="results")
     writer = MetricsWriter(tmp_path, tensorboard=False)
     writer.write({"step": 1, "loss": 2.0})
     WordTokenizer.build(["a red ball"]).save(tmp_path / "vocab.txt")
     disk_full(0)
     with pytest.raises(WriteFailed, match=r"could not write results .*results\.json: No space left"):
-        write_json(tmp_path / "results.json", {"top1": 0.9})
+        write_json(tmp_path / "results.json", {"top1": 0.9}, what="results")
     with pytest.raises(WriteFailed, match=r"could not write vocabulary .*vocab\.txt"):
         WordTokenizer.build(["a blue cube"]).save(tmp_path / "vocab.txt")
     assert json.loads((tmp_path / "results.json").read_text()) == {"top1": 0.5}

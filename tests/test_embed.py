@@ -1,7 +1,6 @@
-"""vatt.embed: embeddings of tensors, files and captions; windows; bad files; the .npz/.csv round trip."""
+"""vatt.embed: embeddings of tensors, files and captions; windows; bad files; the model's embedding methods."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,8 @@ from vatt.data.errors import MediaError
 from vatt.data.sample_data import write_sample_dataset
 from vatt.data.text import WordTokenizer
 from vatt.data.manifest import read_manifest_entries
-from vatt.embed import clip_spec, embed_files, embed_text, embedding_arrays, read_embeddings, write_embeddings
+from vatt.embed import embed_entries, embed_files, embed_text
+from vatt.embedding_files import embedding_arrays, read_embeddings, write_embeddings
 from tests.conftest import shared_path as conftest_shared_path
 
 
@@ -35,18 +35,6 @@ def tiny():
     model = vatt.build_model("tx_fac_tiny").eval()
     model.tokenizer = WordTokenizer.build(["a red ball moving up", "the blue square"], max_size=1024)
     return model
-
-
-def test_clip_spec_follows_the_model_config():
-    official = clip_spec(vatt.get_preset("tx_fac_bbs"))
-    assert (official.num_frames, official.size, official.audio_samples, official.sample_rate) == (32, 224, 153600, 48000)
-    assert official.fps == 10.0 and official.video_seconds == pytest.approx(3.2) == official.audio_seconds
-    tiny = clip_spec(vatt.get_preset("tx_fac_tiny"))
-    assert (tiny.num_frames, tiny.size, tiny.audio_samples, tiny.sample_rate) == (8, 64, 25600, 8000)
-    ut = clip_spec(vatt.get_preset("ut_fac_medium"), fps=12.5)
-    assert (ut.num_frames, ut.size, ut.audio_samples, ut.fps) == (32, 224, 153600, 12.5)
-    audio_only = clip_spec(vatt.get_preset("wat_tiny_classifier"))
-    assert audio_only.num_frames is None and audio_only.audio_samples == 25600
 
 
 def test_tensor_embeddings_are_the_model_outputs(tiny):
@@ -138,29 +126,6 @@ def test_bad_files_name_file_and_reason_or_are_skipped(tiny, sample, tmp_path):
     assert sorted(e.reason for e in out.errors) == ["corrupt", "empty_file", "missing_file"]
 
 
-def test_npz_and_csv_round_trip(tiny, sample, tmp_path):
-    entries = read_manifest_entries(sample / "manifest.csv")
-    files = embed_files(tiny, [e.path for e in entries[:3]], entries=entries[:3], num_windows=2)
-    captions = [c for e in files.entries for c in e.captions]
-    text = tiny.embed_text(captions)
-    written = write_embeddings(tmp_path / "emb.npz", files, text, text_clip=[0, 1, 2], meta={"model": "tiny"})
-    assert [p.name for p in written] == ["emb.npz", "emb.csv", "emb.text.csv"]
-    back = read_embeddings(tmp_path / "emb.npz")
-    expected = embedding_arrays(files, text, text_clip=[0, 1, 2])
-    for key in ("video_features", "video_va", "video_vt", "audio_features", "audio_va", "text_vt", "start_s"):
-        np.testing.assert_array_equal(back[key], expected[key])
-    np.testing.assert_array_equal(back["video_vt"].reshape(3, 2, -1), files.video.vt.numpy())
-    assert back["path"].dtype.kind == "U" and list(back["path"][::2]) == files.paths  # no pickle needed
-    assert back["meta"]["model"] == "tiny" and back["meta"]["num_windows"] == 2
-    with open(tmp_path / "emb.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 6 and rows[3]["path"] == files.paths[1] and rows[3]["window"] == "1"
-    assert float(rows[3]["start_s"]) == pytest.approx(files.start_s[1, 1].item(), rel=1e-5)
-    assert rows[0]["label"] == entries[0].fields["label"]  # manifest columns travel along
-    with open(tmp_path / "emb.text.csv", newline="") as f:
-        assert [r["text"] for r in csv.DictReader(f)] == captions
-
-
 def test_real_clips_are_embedded_without_error(tiny, tmp_path):
     clips = sorted(shared_path("real-video-clips").glob("*.mp4"))
     out = embed_files(tiny, clips, num_windows=2, num_workers=2)
@@ -172,3 +137,25 @@ def test_real_clips_are_embedded_without_error(tiny, tmp_path):
     assert bool(torch.isnan(out.audio.va[~out.has_audio]).all()) and bool(torch.isfinite(out.audio.va[out.has_audio]).all())
     written = write_embeddings(tmp_path / "real.npz", out)
     assert read_embeddings(written[0])["video_vt"].shape == (16, 256)
+
+
+def test_entries_with_their_captions_and_free_texts(tiny, sample):
+    entries = read_manifest_entries(sample / "manifest.csv")[:3]
+    out = embed_entries(tiny, entries, captions="first", texts=["a free text"], num_windows=1)
+    assert out.text_clip == [-1, 0, 1, 2] and out.text.texts == ["a free text"] + [e.captions[0] for e in entries]
+    assert len(out.files) == 3
+    torch.testing.assert_close(out.text.vt, embed_text(tiny, out.text.texts).vt)
+    assert embed_entries(tiny, entries, captions="none").text is None
+
+
+def test_model_methods_are_the_embedding_functions_and_the_model_does_not_import_them():
+    import ast
+    import inspect
+
+    import vatt.model.vatt as model_module
+    classifier = vatt.build_model("wat_tiny_classifier")
+    assert hasattr(classifier, "embed_audio") and not hasattr(classifier, "embed_video")
+    assert not hasattr(vatt.model.build_model("tx_fac_tiny"), "embed_video")  # the bare model
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(model_module)))
+                if isinstance(node, ast.ImportFrom)}
+    assert "vatt.configs" in imported and not {"vatt.embed", "vatt.inference"} & imported

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vatt.pretrain.config import PretrainOptimConfig as OptimConfig
-from vatt.engine.optim import KerasAdam, build_optimizer, learning_rate, param_groups, set_learning_rate
+from vatt.engine.optim import KerasAdam, KerasSGD, build_optimizer, learning_rate, param_groups, set_learning_rate
 
 
 def official_schedule(step: int) -> float:
@@ -95,3 +95,25 @@ def test_keras_adam_resumes_from_its_step_counter():
     opt.step()
     assert float(w.detach()) == pytest.approx(keras_adam_closed_form([0.5], [1e-3], start_step=1), rel=1e-6)
     assert float(opt.state[w]["step"]) == 2
+
+
+def test_keras_sgd_folds_the_rate_into_the_velocity():
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = KerasSGD([w], lr=0.1, momentum=0.9)
+    grads, rates = [1.0, 2.0, -1.0], [0.1, 0.2, 0.05]
+    v, ref = 0.0, 1.0
+    for g, lr in zip(grads, rates):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        w.grad = torch.tensor([g])
+        opt.step()
+        v = 0.9 * v - lr * g  # Keras: accum = m * accum - lr * g; var += accum
+        ref += v
+    assert w.item() == pytest.approx(ref, abs=1e-6)
+    torch_w = torch.nn.Parameter(torch.tensor([1.0]))
+    torch_opt = torch.optim.SGD([torch_w], lr=0.1, momentum=0.9)
+    for g, lr in zip(grads, rates):
+        torch_opt.param_groups[0]["lr"] = lr
+        torch_w.grad = torch.tensor([g])
+        torch_opt.step()
+    assert abs(torch_w.item() - ref) > 1e-3  # torch rescales old gradients by today's rate

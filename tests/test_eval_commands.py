@@ -12,10 +12,10 @@ import torch
 
 import vatt
 from vatt.cli import main
-from vatt.commands.evaluate import retrieval_from_arrays
 from vatt.data.sample_data import write_sample_dataset
 from vatt.data.text import WordTokenizer
-from vatt.embed import read_embeddings
+from vatt.embedding_files import read_embeddings
+from tests.test_retrieval import known_arrays
 from tests.conftest import shared_path as conftest_shared_path
 
 
@@ -45,56 +45,8 @@ def tiny_dir(tmp_path_factory, sample):
 # Retrieval with a known answer
 # ------------------------------------------------------------------------------------------------------
 
-def _known_arrays(n=6, w=4, d=8, seed=0):
-    """Embedding arrays (the `vatt embed` layout) where clip i's windows, its captions and its audio all
-    point the same way: every direction must give R@1 = 1."""
-    rng = np.random.default_rng(seed)
-    base = rng.normal(size=(n, d))
-    windows = base[:, None, :] * rng.uniform(0.5, 2.0, (n, w, 1))  # same direction, other lengths
-    text_clip = np.array([0, 1, 1, 2, 3, 4, 5, -1])  # clip 1 has two captions; the last one is free text
-    text = base[np.clip(text_clip, 0, None)] * 3.0
-    return {
-        "clip": np.repeat(np.arange(n), w), "has_video": np.ones(n * w, bool), "has_audio": np.ones(n * w, bool),
-        "audio_mask": np.ones(n * w, np.float32), "video_vt": windows.reshape(n * w, d),
-        "video_va": windows.reshape(n * w, d), "audio_va": (windows * 0.5).reshape(n * w, d),
-        "text_vt": text, "text_clip": text_clip, "text": np.array([f"caption {i}" for i in range(8)]),
-        "meta": {"num_windows": w},
-    }
-
-
-def test_retrieval_of_identical_embeddings_is_perfect():
-    results, notes = retrieval_from_arrays(_known_arrays(), split="known",
-                                           directions=("text->video", "video->text", "audio->video"))
-    assert {(r.protocol.direction, r.protocol.mode) for r in results} == {
-        (d, m) for d in ("text->video", "video->text", "audio->video") for m in ("embd", "cosine")}
-    for r in results:
-        assert r.metrics["R@1"] == 1.0 and r.metrics["MedR"] == 1.0, r.protocol
-        assert r.protocol.num_windows == 4
-    t2v = next(r for r in results if r.protocol.direction == "text->video")
-    assert t2v.protocol.num_queries == 7 and t2v.protocol.captions_per_video == pytest.approx(7 / 6)
-    assert notes["num_text_videos"] == 6 and notes["skipped_directions"] == {}
-
-
-def test_retrieval_ranks_a_swapped_pair_second():
-    arrays = _known_arrays()
-    arrays["text_vt"][[0, 3]] = arrays["text_vt"][[3, 0]]  # captions of clips 0 and 2 swapped
-    results, _ = retrieval_from_arrays(arrays, directions=("text->video",), modes=("embd",))
-    ranks = results[0].ranks
-    assert ranks[0] > 1 and ranks[3] > 1 and all(ranks[[1, 2, 4, 5, 6]] == 1)
-
-
-def test_retrieval_skips_what_the_data_lacks_and_says_why():
-    arrays = _known_arrays()
-    arrays["has_audio"][:] = False
-    results, notes = retrieval_from_arrays(arrays)  # the official directions: text->video, audio->video
-    assert "audio->video" in notes["skipped_directions"]
-    assert {r.protocol.direction for r in results} == {"text->video"}
-    with pytest.raises(ValueError, match="audio->video"):
-        retrieval_from_arrays(arrays, directions=("audio->video",), strict=True)
-
-
 def test_cli_retrieval_from_an_embeddings_file(tmp_path, capsys):
-    arrays = _known_arrays()
+    arrays = known_arrays()
     np.savez(tmp_path / "known.npz", **{**arrays, "meta": np.array(json.dumps(arrays["meta"]))})
     assert main(["eval", "retrieval", "--embeddings", str(tmp_path / "known.npz"), "--out", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
@@ -110,7 +62,7 @@ def test_cli_retrieval_from_an_embeddings_file(tmp_path, capsys):
 
 def test_cli_retrieval_official_protocol_by_default_others_named(tmp_path, capsys):
     """Every caption, and video->text, only when asked for -- and then the protocol line says so."""
-    arrays = _known_arrays()
+    arrays = known_arrays()
     arrays["text_vt"][2] = arrays["text_vt"][0]  # clip 1's second caption now describes clip 0
     np.savez(tmp_path / "known.npz", **{**arrays, "meta": np.array(json.dumps(arrays["meta"]))})
     assert main(["eval", "retrieval", "--embeddings", str(tmp_path / "known.npz"), "--out", str(tmp_path / "a.json")]) == 0
@@ -285,7 +237,7 @@ def test_cli_visualize_features_and_similarity(tiny_dir, sample, tmp_path, capsy
 def test_every_command_samples_at_the_same_frame_rate_by_default():
     # embed and visualize sampled at 10 fps, eval at 12.5: one model, one set of clips, different numbers.
     from vatt.cli import build_parser
-    from vatt.embed import DEFAULT_FPS, clip_spec
+    from vatt.configs import DEFAULT_FPS, input_spec
 
     parser = build_parser()
     commands = [["embed", "m", "--out", "x.npz"], ["eval", "retrieval", "m", "c.csv"],
@@ -293,7 +245,7 @@ def test_every_command_samples_at_the_same_frame_rate_by_default():
                 ["visualize", "features", "m", "c.csv"], ["visualize", "similarity", "m", "c.csv"]]
     fps = {" ".join(argv[:2]): parser.parse_args(argv).fps for argv in commands}
     assert set(fps.values()) == {None}, fps  # None: the model's input spec decides
-    assert clip_spec(vatt.get_preset("tx_fac_tiny")).fps == DEFAULT_FPS == 10.0
+    assert input_spec(vatt.get_preset("tx_fac_tiny")).fps == DEFAULT_FPS == 10.0
 
 
 def test_linear_probe_finds_the_path_column(tiny_dir, sample, tmp_path, capsys):

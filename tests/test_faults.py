@@ -23,7 +23,7 @@ import vatt
 from vatt.data.sample_data import write_sample_dataset
 from vatt.data.shards import write_shards
 from vatt.data.text import WordTokenizer
-from vatt.embed import read_embeddings
+from vatt.embedding_files import read_embeddings
 from vatt.engine import checkpoint as ckpt
 from vatt.pretrain.config import load_config
 from vatt.pretrain.task import pretrain
@@ -241,3 +241,21 @@ def test_a_broken_batch_handover_counts_as_a_dead_worker():
         assert not is_worker_death(e)
     assert is_worker_death(RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed."))
     assert not is_worker_death(RuntimeError("Caught ValueError in DataLoader worker process 0."))
+
+
+def test_the_resource_sharers_report_of_a_dead_worker_stays_quiet(monkeypatch, capsys):
+    # Its server thread reports a half-open connection through sys.excepthook; the loop says it in one line.
+    import multiprocessing.resource_sharer as sharer
+
+    from vatt.data.errors import quiet_resource_sharer_errors
+
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", lambda *exc: seen.append(exc[1]))
+    quiet_resource_sharer_errors()
+    code = compile("raise EOFError('the worker went away')", sharer.__file__, "exec")
+    for error in (code, "raise EOFError('elsewhere')"):
+        try:
+            exec(error, {})
+        except EOFError:
+            sys.excepthook(*sys.exc_info())
+    assert [str(e) for e in seen] == ["elsewhere"]  # only the one from outside the resource sharer went through

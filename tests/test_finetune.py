@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 import vatt
@@ -29,74 +28,13 @@ from vatt.data.sampling import sample_generator
 from vatt.data.sample_data import write_sample_dataset
 from vatt.finetune.config import ConfigError, load_config
 from vatt.eval.classification import classification_metrics, predict
-from vatt.losses import (cross_entropy_on_probabilities, label_frequency_weights, sigmoid_cross_entropy,
-                                  smooth_labels)
 from vatt.engine import checkpoint as ckpt
 from vatt.engine.progress import read_metrics
 from vatt.finetune.task import finetune
-from vatt.engine.optim import KerasSGD
 from vatt.finetune.weights import init_classifier
-from tests.test_pretrain_loop import _Hang
+from tests.test_pretrain_task import _Hang
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# ------------------------------------------------------------------------------------------------------
-# Losses
-# ------------------------------------------------------------------------------------------------------
-
-def test_loss_on_probabilities_is_smoothed_cross_entropy_for_moderate_logits():
-    logits = torch.randn(6, 5) * 2
-    labels = torch.tensor([0, 1, 2, 3, 4, 0])
-    targets = smooth_labels(F.one_hot(labels, 5).float(), 0.1)
-    assert torch.allclose(targets.sum(1), torch.ones(6))
-    assert targets[0, 0].item() == pytest.approx(0.9 + 0.1 / 5)
-    ours = cross_entropy_on_probabilities(logits, targets)
-    torch.testing.assert_close(ours, F.cross_entropy(logits, labels, label_smoothing=0.1), atol=1e-5, rtol=1e-5)
-
-
-def test_loss_on_probabilities_clips_like_keras():
-    # A class far below 1e-7 contributes log(1e-7) and no gradient (Keras clips probabilities).
-    logits = torch.tensor([[30.0, 0.0, -30.0]], requires_grad=True)
-    targets = torch.tensor([[0.0, 0.0, 1.0]])
-    loss = cross_entropy_on_probabilities(logits, targets)
-    assert loss.item() == pytest.approx(-math.log(1e-7), rel=1e-4)
-    loss.backward()
-    assert logits.grad.abs().max().item() < 1e-6  # F.cross_entropy would give a gradient of ~1 here
-
-
-def test_label_frequency_weights_by_hand():
-    y = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0]])
-    # counts: class0 2, class1 1, class2 1
-    expected = torch.tensor([0.5, (0.5 + 1.0) / 2, 1.0, 0.0])
-    torch.testing.assert_close(label_frequency_weights(y), expected)
-    logits = torch.randn(4, 3)
-    per_class = -(y * F.logsigmoid(logits) + (1 - y) * F.logsigmoid(-logits))
-    torch.testing.assert_close(sigmoid_cross_entropy(logits, y), (per_class * expected[:, None]).sum(1).mean())
-    torch.testing.assert_close(sigmoid_cross_entropy(logits, y, label_frequency_weighting=False),
-                               per_class.sum(1).mean())
-
-
-def test_keras_sgd_folds_the_rate_into_the_velocity():
-    w = torch.nn.Parameter(torch.tensor([1.0]))
-    opt = KerasSGD([w], lr=0.1, momentum=0.9)
-    grads, rates = [1.0, 2.0, -1.0], [0.1, 0.2, 0.05]
-    v, ref = 0.0, 1.0
-    for g, lr in zip(grads, rates):
-        for group in opt.param_groups:
-            group["lr"] = lr
-        w.grad = torch.tensor([g])
-        opt.step()
-        v = 0.9 * v - lr * g  # Keras: accum = m * accum - lr * g; var += accum
-        ref += v
-    assert w.item() == pytest.approx(ref, abs=1e-6)
-    torch_w = torch.nn.Parameter(torch.tensor([1.0]))
-    torch_opt = torch.optim.SGD([torch_w], lr=0.1, momentum=0.9)
-    for g, lr in zip(grads, rates):
-        torch_opt.param_groups[0]["lr"] = lr
-        torch_w.grad = torch.tensor([g])
-        torch_opt.step()
-    assert abs(torch_w.item() - ref) > 1e-3  # torch rescales old gradients by today's rate
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from vatt.data.sampling import collate
 from vatt.engine import checkpoint as ckpt
 from vatt.pretrain.task import pretrain
 
-from tests.test_pretrain_loop import SynthClips, tiny_config
+from tests.test_pretrain_task import SynthClips, tiny_config
 
 
 @pytest.fixture()

@@ -11,7 +11,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vatt.distributed import all_gather_with_grad, get_rank, get_world_size, is_distributed
-from vatt.losses import AsymmetricNCE, l2_normalize, nce_loss
+import torch.nn.functional as F
+
+from vatt.losses import (AsymmetricNCE, cross_entropy_on_probabilities, l2_normalize, label_frequency_weights,
+                         sigmoid_cross_entropy, smooth_labels)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LOSS_DIR = SHARED / "parity" / "official-tiny" / "loss"
@@ -317,3 +320,39 @@ def test_two_process_run_matches_one_process_over_global_batch(tmp_path):
                              audio_mask.tolist(), 0.07, rows)
         assert result[1]["video_text"].item() == pytest.approx(l_vt, rel=1e-12)
         assert result[1]["video_audio"].item() == pytest.approx(l_va, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Fine-tuning losses
+# ------------------------------------------------------------------------------------------------------
+
+def test_loss_on_probabilities_is_smoothed_cross_entropy_for_moderate_logits():
+    logits = torch.randn(6, 5) * 2
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    targets = smooth_labels(F.one_hot(labels, 5).float(), 0.1)
+    assert torch.allclose(targets.sum(1), torch.ones(6))
+    assert targets[0, 0].item() == pytest.approx(0.9 + 0.1 / 5)
+    ours = cross_entropy_on_probabilities(logits, targets)
+    torch.testing.assert_close(ours, F.cross_entropy(logits, labels, label_smoothing=0.1), atol=1e-5, rtol=1e-5)
+
+
+def test_loss_on_probabilities_clips_like_keras():
+    # A class far below 1e-7 contributes log(1e-7) and no gradient (Keras clips probabilities).
+    logits = torch.tensor([[30.0, 0.0, -30.0]], requires_grad=True)
+    targets = torch.tensor([[0.0, 0.0, 1.0]])
+    loss = cross_entropy_on_probabilities(logits, targets)
+    assert loss.item() == pytest.approx(-math.log(1e-7), rel=1e-4)
+    loss.backward()
+    assert logits.grad.abs().max().item() < 1e-6  # F.cross_entropy would give a gradient of ~1 here
+
+
+def test_label_frequency_weights_by_hand():
+    y = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0]])
+    # counts: class0 2, class1 1, class2 1
+    expected = torch.tensor([0.5, (0.5 + 1.0) / 2, 1.0, 0.0])
+    torch.testing.assert_close(label_frequency_weights(y), expected)
+    logits = torch.randn(4, 3)
+    per_class = -(y * F.logsigmoid(logits) + (1 - y) * F.logsigmoid(-logits))
+    torch.testing.assert_close(sigmoid_cross_entropy(logits, y), (per_class * expected[:, None]).sum(1).mean())
+    torch.testing.assert_close(sigmoid_cross_entropy(logits, y, label_frequency_weighting=False),
+                               per_class.sum(1).mean())

@@ -272,7 +272,8 @@ def test_bf16_autocast_runs_and_stays_close():
 
 
 def test_top_level_api():
-    assert vatt.build_model is build_model
+    model = vatt.build_model("tx_fac_tiny")  # the factory's model, with the embedding methods of vatt.embed bound
+    assert type(model) is type(build_model("tx_fac_tiny")) and model.embed_video.__self__ is model
     assert isinstance(vatt.get_preset("ut_fac_medium"), configs.UnifiedConfig)
 
 

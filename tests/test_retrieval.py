@@ -105,3 +105,65 @@ def test_format_table():
     assert row[:4] == ["msrvtt/test", "text->video", "embd", "4"]
     assert row[7:10] == ["100.0", "100.0", "100.0"]
     assert "video->text*" in table and "pessimistic" in lines[-1]
+
+
+# Retrieval from embedding arrays (the `vatt embed` / .npz layout)
+
+def known_arrays(n=6, w=4, d=8, seed=0):
+    """Embedding arrays (the `vatt embed` layout) where clip i's windows, its captions and its audio all
+    point the same way: every direction must give R@1 = 1."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, d))
+    windows = base[:, None, :] * rng.uniform(0.5, 2.0, (n, w, 1))  # same direction, other lengths
+    text_clip = np.array([0, 1, 1, 2, 3, 4, 5, -1])  # clip 1 has two captions; the last one is free text
+    text = base[np.clip(text_clip, 0, None)] * 3.0
+    return {
+        "clip": np.repeat(np.arange(n), w), "has_video": np.ones(n * w, bool), "has_audio": np.ones(n * w, bool),
+        "audio_mask": np.ones(n * w, np.float32), "video_vt": windows.reshape(n * w, d),
+        "video_va": windows.reshape(n * w, d), "audio_va": (windows * 0.5).reshape(n * w, d),
+        "text_vt": text, "text_clip": text_clip, "text": np.array([f"caption {i}" for i in range(8)]),
+        "meta": {"num_windows": w},
+    }
+
+
+def test_retrieval_of_identical_embeddings_is_perfect():
+    results, notes = R.retrieval_from_arrays(known_arrays(), split="known",
+                                           directions=("text->video", "video->text", "audio->video"))
+    assert {(r.protocol.direction, r.protocol.mode) for r in results} == {
+        (d, m) for d in ("text->video", "video->text", "audio->video") for m in ("embd", "cosine")}
+    for r in results:
+        assert r.metrics["R@1"] == 1.0 and r.metrics["MedR"] == 1.0, r.protocol
+        assert r.protocol.num_windows == 4
+    t2v = next(r for r in results if r.protocol.direction == "text->video")
+    assert t2v.protocol.num_queries == 7 and t2v.protocol.captions_per_video == pytest.approx(7 / 6)
+    assert notes["num_text_videos"] == 6 and notes["skipped_directions"] == {}
+
+
+def test_retrieval_ranks_a_swapped_pair_second():
+    arrays = known_arrays()
+    arrays["text_vt"][[0, 3]] = arrays["text_vt"][[3, 0]]  # captions of clips 0 and 2 swapped
+    results, _ = R.retrieval_from_arrays(arrays, directions=("text->video",), modes=("embd",))
+    ranks = results[0].ranks
+    assert ranks[0] > 1 and ranks[3] > 1 and all(ranks[[1, 2, 4, 5, 6]] == 1)
+
+
+def test_retrieval_skips_what_the_data_lacks_and_says_why():
+    arrays = known_arrays()
+    arrays["has_audio"][:] = False
+    results, notes = R.retrieval_from_arrays(arrays)  # the official directions: text->video, audio->video
+    assert "audio->video" in notes["skipped_directions"]
+    assert {r.protocol.direction for r in results} == {"text->video"}
+    with pytest.raises(ValueError, match="audio->video"):
+        R.retrieval_from_arrays(arrays, directions=("audio->video",), strict=True)
+
+
+def test_heldout_retrieval_uses_the_clips_with_text_and_audio():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(5, 8))
+    emb = {"video_vt": base, "text_vt": base * 2.0, "video_va": base, "audio_va": base * 0.5,
+           "text_mask": np.array([1, 1, 0, 1, 1], np.float32), "audio_mask": np.array([1, 0, 1, 1, 0], np.float32)}
+    metrics = R.heldout_retrieval(emb)
+    assert metrics["text->video/R@1"] == 1.0 and metrics["text->video/num_items"] == 5  # 4 queries, all videos
+    assert metrics["audio->video/R@1"] == 1.0 and metrics["audio->video/num_items"] == 3  # clips with audio
+    emb["text_vt"] = emb["text_vt"][[1, 0, 2, 3, 4]]  # clips 0 and 1 swap captions
+    assert R.heldout_retrieval(emb)["text->video/R@1"] == 0.5

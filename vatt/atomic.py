@@ -20,6 +20,7 @@ import contextlib
 import errno as errno_codes
 import io
 import json
+import math
 import os
 import secrets
 import shutil
@@ -164,8 +165,20 @@ def write_text(path: str | os.PathLike, text: str, what: str = "") -> Path:
     return write_bytes(path, text.encode("utf-8"), what)
 
 
-def write_json(path: str | os.PathLike, obj: Any, what: str = "", **dumps: Any) -> Path:
-    return write_text(path, json.dumps(obj, **{"indent": 2, **dumps}) + "\n", what)
+def write_json(path: str | os.PathLike, obj: Any, what: str = "", *, strict: bool = False, **dumps: Any) -> Path:
+    """`obj` as indented JSON. `strict=True` writes what every JSON reader takes: NaN as null and
+    infinities as the strings "inf" / "-inf" (Python's json writes the non-standard NaN and Infinity)."""
+    return write_text(path, json.dumps(_finite(obj) if strict else obj, **{"indent": 2, **dumps}) + "\n", what)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def _fsync_dir(folder: Path) -> None:

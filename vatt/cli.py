@@ -11,7 +11,8 @@ import os
 import sys
 
 from vatt.atomic import WriteFailed
-from vatt.data.errors import WORKER_DEATH_ERRORS, DataWorkerDied, is_worker_death, worker_died
+from vatt.data.errors import (WORKER_DEATH_ERRORS, DataWorkerDied, is_worker_death, quiet_resource_sharer_errors,
+                              worker_died)
 
 # command name -> (module, one-line help). Only the module of the command being run is imported (with
 # torch and whatever else it needs), so `vatt --help` stays fast and an optional dependency (the search
@@ -56,6 +57,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    quiet_resource_sharer_errors()  # a dead data worker is reported once, below, not as a thread's traceback
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -325,6 +325,77 @@ def get_preset(name: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The input specification: what one window of a file becomes for a model
+# ---------------------------------------------------------------------------------------------------
+# The frame rate every command samples at unless told otherwise: the official pre-training rate (`REF_FPS`),
+# the rate the models were trained at. (The official evaluation loaders take every 2nd frame of 25 fps
+# sources, 12.5 fps; pass fps=12.5 for that.)
+DEFAULT_FPS = 10.0
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one window of a file becomes: frames, frame size, audio samples and rates.
+
+    `None` for a modality the model does not have.
+    """
+
+    num_frames: int | None
+    size: int | None
+    fps: float
+    audio_samples: int | None
+    sample_rate: int | None
+
+    @property
+    def video_seconds(self) -> float | None:
+        return None if self.num_frames is None else self.num_frames / self.fps
+
+    @property
+    def audio_seconds(self) -> float | None:
+        return None if self.audio_samples is None else self.audio_samples / self.sample_rate
+
+
+def _video_input(cfg: VideoConfig) -> tuple[int, int]:
+    return (cfg.max_temporal_buckets * cfg.temporal_patch_size,
+            cfg.max_vertical_buckets * cfg.spatial_patch_size)
+
+
+def _audio_input(cfg: AudioConfig) -> tuple[int, int]:
+    if cfg.input == "waveform":
+        return cfg.max_temporal_buckets * cfg.temporal_patch_size, cfg.sample_rate
+    # SpT: the official 3.2 s of waveform, turned into a spectrogram inside the model.
+    return int(round(3.2 * cfg.sample_rate)), cfg.sample_rate
+
+
+def input_spec(model_or_config: Any, fps: float | None = None, *, num_frames: int = 0, size: int = 0,
+               audio_samples: int = 0, sample_rate: int = 0) -> InputSpec:
+    """The input sizes a model (or model config) was made for: its positional tables' extent, sampled at
+    `fps` (None: `DEFAULT_FPS`). The one place that says what a window of a file becomes.
+
+    A non-zero `num_frames` / `size` / `audio_samples` / `sample_rate` replaces the model's (the data
+    sections of the training configs, where 0 means "what the model was made for")."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    kind = getattr(cfg, "kind", None)
+    frames = pixels = samples = rate = None
+    if kind == "ut_fac":
+        frames = cfg.max_video_temporal_buckets * cfg.video_temporal_patch_size
+        pixels = cfg.max_video_spatial_buckets * cfg.video_spatial_patch_size
+        samples, rate = cfg.max_audio_temporal_buckets * cfg.audio_temporal_patch_size, 48000
+    elif kind in ("tx_fac", "video_classifier", "audio_classifier"):
+        if getattr(cfg, "video", None) is not None:
+            frames, pixels = _video_input(cfg.video)
+        if getattr(cfg, "audio", None) is not None:
+            samples, rate = _audio_input(cfg.audio)
+    else:
+        raise TypeError(f"no input sizes for a {type(cfg).__name__} (expected a VATT model or its config)")
+    fps = DEFAULT_FPS if fps is None else fps
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    return InputSpec(num_frames=num_frames or frames, size=size or pixels, fps=float(fps),
+                     audio_samples=audio_samples or samples, sample_rate=sample_rate or rate)
+
+
+# ---------------------------------------------------------------------------------------------------
 # dict round-trip (config.json) and typed overrides
 # ---------------------------------------------------------------------------------------------------
 def to_dict(cfg: Any) -> dict[str, Any]:

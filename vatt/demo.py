@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,25 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, Dataset
 
 from vatt.atomic import write_json
+from vatt.checkpoint.io import load
+from vatt.configs import get_preset, input_spec
+from vatt.data.manifest import read_manifest
+from vatt.data.sampling import collate, sample_generator
+from vatt.data.decoding import decode_clip
+from vatt.data.sample_data import CLASSES, SampleDataConfig, describe_clip, write_sample_dataset
+from vatt.data.text import WordTokenizer
+from vatt.eval.linear_probe import evaluate_splits
+from vatt.eval.retrieval import heldout_retrieval
+from vatt.eval.visualize import plot_features_2d, project_2d
+from vatt.inference import embed_clips
+from vatt.model.factory import build_model
+from vatt.precision import autocast_dtype
+from vatt.pretrain.config import load_config
+from vatt.pretrain.task import pretrain
 
 log = logging.getLogger("vatt.pretrain")
 
@@ -81,7 +98,7 @@ METRICS = {
 class DecodedClips(Dataset):
     """Sample clips decoded once; item (epoch, i) is a random window of clip i (train) or its middle one.
 
-    Returns the dicts of `vatt.data.datasets.PretrainDataset` (video [T, S, S, 3] in [-1, 1], audio [N],
+    Returns the dicts of `vatt.data.pretraining.PretrainDataset` (video [T, S, S, 3] in [-1, 1], audio [N],
     text [1, 16], masks) plus `label_index`.
     """
 
@@ -95,8 +112,6 @@ class DecodedClips(Dataset):
         return len(self.clips)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        from vatt.data.sampling import sample_generator
-
         epoch, i = key
         clip = self.clips[i]
         frames, audio = clip["frames"], clip["audio"]
@@ -124,8 +139,6 @@ class _DecodeFiles(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from vatt.data.decoding import decode_clip
-
         row = self.rows[i]
         clip = decode_clip(row.video, 0.0, num_frames=int(self.duration_s * self.fps), fps=self.fps,
                            audio_samples=int(self.duration_s * self.sample_rate), sample_rate=self.sample_rate,
@@ -142,8 +155,6 @@ def _decode_all(rows, captions, tokenizer, duration_s: float, fps: float, sample
 
 def paraphrases(rows, seed: int, count: int) -> list[list[str]]:
     """For each manifest row (clip i of the sample dataset): its caption, then `count - 1` other wordings."""
-    from vatt.data.sample_data import describe_clip
-
     out = []
     for i, row in enumerate(rows):
         others = [describe_clip(i, seed + k) for k in range(1, count)]
@@ -155,9 +166,6 @@ def paraphrases(rows, seed: int, count: int) -> list[list[str]]:
 
 
 def _embed(model, clips: Dataset, amp_dtype, batch_size: int = 64) -> dict[str, np.ndarray]:
-    from vatt.data.sampling import collate
-    from vatt.pretrain.evaluation import embed_clips
-
     keys = [(0, i) for i in range(len(clips))]
     loader = DataLoader(clips, sampler=keys, batch_size=batch_size, collate_fn=collate)
     return embed_clips(model, loader, torch.device("cpu"), amp_dtype)
@@ -165,12 +173,9 @@ def _embed(model, clips: Dataset, amp_dtype, batch_size: int = 64) -> dict[str, 
 
 def evaluate_model(model, train_clips: Dataset, heldout_clips: Dataset, amp_dtype) -> tuple[dict[str, float], dict]:
     """Zero-shot retrieval on the held-out clips and a logistic-regression probe (train → held-out)."""
-    from vatt.eval.linear_probe import evaluate_splits
-    from vatt.pretrain.evaluation import zero_shot_retrieval
-
     heldout = _embed(model, heldout_clips, amp_dtype)
     train = _embed(model, train_clips, amp_dtype)
-    metrics = zero_shot_retrieval(heldout)
+    metrics = heldout_retrieval(heldout)
     probe = evaluate_splits([((train["video_features"], train["label_index"]),
                               (heldout["video_features"], heldout["label_index"]))],
                             classifier="logistic", num_classes=16, dataset="sample-data colour+shape")
@@ -178,23 +183,8 @@ def evaluate_model(model, train_clips: Dataset, heldout_clips: Dataset, amp_dtyp
     return metrics, heldout
 
 
-def tsne(features: np.ndarray, seed: int) -> np.ndarray:
-    """2-D t-SNE coordinates. The exact method: for a few hundred points it takes about a second, where
-    scikit-learn's default Barnes-Hut took 5-40 s here (its OpenMP threads stall on busy cores)."""
-    from sklearn.manifold import TSNE
-
-    x = features.astype(np.float64)
-    return TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", method="exact",
-                random_state=seed).fit_transform(x)
-
-
 def measure_step_seconds(settings: list[str], dataset: Dataset, steps: int = 6) -> float:
     """Median seconds of a step of the real loop (data, forward, loss, backward, update), no checkpoints."""
-    import tempfile
-
-    from vatt.pretrain.config import load_config
-    from vatt.pretrain.task import pretrain
-
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, settings + [f"run.output_dir={tmp}", f"optim.total_steps={steps}",
                                             "optim.warmup_steps=1", "log.every_steps=1",
@@ -208,18 +198,6 @@ def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
     """Run the whole demo; `report` receives one line per phase. Writes into `cfg.out_dir`:
     data/ (the sample dataset), run/ (checkpoints, metrics), results.json, tsne_pretrained.png, tsne_random_init.png.
     """
-    import vatt.model
-    from vatt import configs as model_configs
-    from vatt.data.manifest import read_manifest
-    from vatt.data.sample_data import CLASSES, SampleDataConfig, write_sample_dataset
-    from vatt.data.text import WordTokenizer
-    from vatt.embed import clip_spec
-    from vatt.eval.visualize import plot_features_2d
-    from vatt.pretrain.config import load_config
-    from vatt.pretrain.task import pretrain
-    from vatt.precision import autocast_dtype
-    from threadpoolctl import threadpool_limits
-
     out = Path(cfg.out_dir)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -240,8 +218,8 @@ def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
 
     # 2. decode once
     t1 = time.perf_counter()
-    model_config = model_configs.get_preset(PRESET)
-    spec = clip_spec(model_config)
+    model_config = get_preset(PRESET)
+    spec = input_spec(model_config)
     tokenizer = WordTokenizer.build((c for i in train for c in captions[i]), max_size=model_config.text.vocab_size)
     report(f"decoding {len(rows)} clips ({len(train)} for training, {len(heldout)} held out)")
     decode = dict(tokenizer=tokenizer, duration_s=sample_cfg.duration_s, fps=spec.fps, sample_rate=spec.sample_rate,
@@ -301,8 +279,8 @@ def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
     t3 = time.perf_counter()
     report("evaluating the pre-trained and the randomly initialised model on the held-out clips")
     torch.manual_seed(cfg.seed)  # the initial weights of the run (the loop seeds the same way)
-    random_init = vatt.model.build_model(config.model.build_config())
-    pretrained = vatt.load(result.last_checkpoint)
+    random_init = build_model(config.model.build_config())
+    pretrained = load(result.last_checkpoint)
     probe_train = DecodedClips(train_decoded, train=False, **window)
     heldout_clips = DecodedClips(heldout_decoded, train=False, **window)
     metrics, files = {}, {}
@@ -311,7 +289,7 @@ def run_demo(cfg: DemoConfig, *, callbacks: Sequence[Any] = (),
             metrics[name], emb = evaluate_model(model, probe_train, heldout_clips, amp_dtype)
             png = out / f"tsne_{name}.png"
             plot_features_2d(emb["video_features"], emb["label_index"], png, class_names=CLASSES,
-                             coords=tsne(emb["video_features"], cfg.seed),
+                             coords=project_2d(emb["video_features"], "tsne", cfg.seed, tsne_method="exact"),
                              title=f"t-SNE of held-out video features, {name.replace('_', ' ')}")
             files[f"tsne_{name}"] = str(png)
     seconds["evaluation"] = time.perf_counter() - t3

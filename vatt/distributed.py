@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -113,7 +114,13 @@ def init_distributed(device: str = "auto") -> DistEnv:
 
 
 def shutdown_distributed(env: DistEnv) -> None:
+    """Leave the process group `init_distributed` created, every rank together."""
     if env.owns_process_group and is_distributed():
+        # A rank that tears its group down while another still talks to it can abort at exit ("terminate called
+        # without an active exception"), seen with gloo under load, so the ranks line up first -- unless this
+        # rank is leaving on an exception, when the others may never reach the barrier.
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -264,3 +264,27 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
     if (directory / VOCAB).is_file():
         model.tokenizer = WordTokenizer.from_vocab_file(directory / VOCAB)
     return model.to(map_location).eval()
+
+
+def model_folder(path: str | os.PathLike) -> Path:
+    """A model folder as given, or the latest checkpoint of a run folder (`vatt pretrain`, `vatt demo`)."""
+    # Imported here: vatt.engine.checkpoint imports this module (checkpoints are model folders).
+    from vatt.engine.checkpoint import latest_checkpoint
+
+    folder = Path(path)
+    if (folder / CONFIG).is_file():
+        return folder
+    latest = latest_checkpoint(folder / "checkpoints") or latest_checkpoint(folder / "run" / "checkpoints")
+    if latest is None:
+        raise FileNotFoundError(f"{path}: neither a model folder (config.json + model.safetensors) nor a run folder "
+                                "with checkpoints/step_*")
+    return latest
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", vocab: str | None = None) -> nn.Module:
+    """`load` of a model folder or a run folder's latest checkpoint (`model_folder`), with an optional
+    vocabulary file for models saved without vocab.txt."""
+    model = load(model_folder(path), map_location=map_location)
+    if vocab:
+        model.tokenizer = WordTokenizer.from_vocab_file(vocab)
+    return model

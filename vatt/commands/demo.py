@@ -13,6 +13,15 @@ Then indexes the held-out clips (index/) and prints a search by a sentence and b
 from __future__ import annotations
 
 import argparse
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from vatt.commands.serve import check_port, serve
+from vatt.demo import DemoConfig, all_better, format_table, run_demo
+from vatt.engine.progress import ProgressBar, TqdmLoggingHandler
+from vatt.index.quality import demo_searches, index_heldout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,12 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-    import time
-
-    from vatt.demo import DemoConfig, all_better, format_table, run_demo
-    from vatt.engine.progress import ProgressBar, TqdmLoggingHandler
-
     handler = TqdmLoggingHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("vatt")
@@ -67,13 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 def search_demo(args: argparse.Namespace, result) -> None:
     """Index the held-out clips with the pre-trained model, print a search by a sentence and by a sound."""
-    import shutil
-    from pathlib import Path
-
-    from vatt.index.quality import demo_searches, index_heldout
-
     if args.serve:
-        from vatt.commands.serve import check_port
         check_port("127.0.0.1", args.port)
     index_dir = Path(args.out) / "index"
     shutil.rmtree(index_dir, ignore_errors=True)  # this run's model: a new index
@@ -84,5 +81,4 @@ def search_demo(args: argparse.Namespace, result) -> None:
     for line in demo_searches(index, Path(args.out) / "data" / "manifest.csv"):
         print(line)
     if args.serve:
-        from vatt.commands.serve import serve
         serve(index, "127.0.0.1", args.port, open_browser=True)

@@ -20,14 +20,34 @@ Both print a table and write JSON (--out) with the protocol beside every number.
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 from typing import Any
 
-from vatt.commands.embed import (Bar, add_fps_argument, add_media_arguments, add_run_arguments, load_model,
-                                 media_error, parse_where, table, write_json)
-from vatt.data.manifest import PATH_COLUMNS, pick_column, read_column, read_records
+import numpy as np
+
+from vatt.atomic import write_json
+from vatt.checkpoint.io import load_model
+from vatt.commands.arguments import (
+    add_fps_argument,
+    add_media_arguments,
+    add_run_arguments,
+    parse_where,
+    run_subcommand,
+    table,
+)
+from vatt.configs import input_spec
+from vatt.data.manifest import read_manifest_entries
+from vatt.embed import embed_entries
+from vatt.embedding_files import embedding_arrays, read_embeddings, write_embeddings
+from vatt.engine.progress import ConsoleProgress
+from vatt.eval.linear_probe import CLASSIFIERS, evaluate_classifiers, probe_features, probe_splits
+from vatt.eval.retrieval import DIRECTIONS, MODES, first_caption_per_clip, format_table, retrieval_from_arrays
+from vatt.inference import model_modalities
 
 # The official zero-shot evaluation (`_run_zero_shot_retrieval`) scores text->video, and audio->video when the
-# data have audio; video->text is an extra.
+# data have audio; video->text is an extra. (`vatt.eval.retrieval.OFFICIAL_DIRECTIONS`; the parser is built
+# without importing the library.)
 OFFICIAL_DIRECTIONS = ("text->video", "audio->video")
 
 
@@ -89,12 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vatt.data.errors import MediaError
-
-    try:
-        return args._run(args)
-    except MediaError as e:  # a file that cannot be used: one line naming it and the reason
-        raise (media_error(e) if hasattr(args, "skip_bad") else media_error(e, hint="")) from None
+    return run_subcommand(args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,90 +124,7 @@ def _split_list(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ..
     return items
 
 
-def first_caption_per_clip(arrays: dict[str, Any]) -> dict[str, Any]:
-    """The arrays with each clip's first caption only (captions not tied to a clip are dropped)."""
-    import numpy as np
-
-    if "text_clip" not in arrays:
-        return arrays
-    clip_of = np.asarray(arrays["text_clip"])
-    keep = np.zeros(len(clip_of), bool)
-    seen: set[int] = set()
-    for i, c in enumerate(clip_of.tolist()):
-        if c >= 0 and c not in seen:
-            seen.add(c)
-            keep[i] = True
-    return {k: (v[keep] if k == "text" or k.startswith("text_") else v) for k, v in arrays.items()}
-
-
-def retrieval_from_arrays(arrays: dict[str, Any], *, directions=OFFICIAL_DIRECTIONS,
-                          modes=("embd", "cosine"), split: str = "test", ties: str = "pessimistic",
-                          strict: bool = False) -> tuple[list, dict[str, Any]]:
-    """Zero-shot retrieval from embedding arrays (the layout of `vatt.embed.embedding_arrays` / an .npz).
-
-    Videos without captions are left out of the text directions (each query and each video needs a
-    ground truth); audio->video uses the clips that have a video and real audio. A direction the data
-    cannot give is skipped and named in the returned notes, or raises with `strict=True`.
-    Returns (results, notes) with notes {"skipped_directions": {...}, "num_text_videos", "num_audio_clips"}.
-    """
-    import numpy as np
-
-    from vatt.eval.retrieval import zero_shot_retrieval
-
-    w = int(arrays["meta"].get("num_windows", 1))
-    n = int(arrays["clip"].max()) + 1 if "clip" in arrays and len(arrays["clip"]) else 0
-
-    def per_clip(key):
-        return arrays[key].reshape(n, w, -1) if key in arrays else None
-
-    has_video = arrays["has_video"].reshape(n, w)[:, 0] if n else np.zeros(0, bool)
-    has_audio = arrays["has_audio"].reshape(n, w)[:, 0] & (arrays["audio_mask"].reshape(n, w).max(1) > 0) if n \
-        else np.zeros(0, bool)
-    results, skipped, notes = [], {}, {}
-
-    text_dirs = tuple(d for d in directions if d in ("text->video", "video->text"))
-    if text_dirs:
-        why = None
-        if "text_vt" not in arrays or per_clip("video_vt") is None:
-            why = "needs video and caption embeddings in the video-text space"
-        else:
-            clip_of = arrays["text_clip"]
-            usable = (clip_of >= 0) & has_video[np.clip(clip_of, 0, max(n - 1, 0))] if n else clip_of < -1
-            videos = np.unique(clip_of[usable])
-            if len(videos) < 2:
-                why = "needs at least two clips with a video and a caption"
-            else:
-                remap = np.full(n, -1)
-                remap[videos] = np.arange(len(videos))
-                results += zero_shot_retrieval(
-                    video_text=per_clip("video_vt")[videos], text=arrays["text_vt"][usable],
-                    caption_video=remap[clip_of[usable]], directions=text_dirs, modes=modes, split=split, ties=ties)
-                notes["num_text_videos"] = int(len(videos))
-                notes["num_captions"] = int(usable.sum())
-        if why:
-            skipped.update({d: why for d in text_dirs})
-    if "audio->video" in directions:
-        clips = np.flatnonzero(has_video & has_audio)
-        if per_clip("audio_va") is None or per_clip("video_va") is None or len(clips) < 2:
-            skipped["audio->video"] = "needs at least two clips with both a video and real audio"
-        else:
-            results += zero_shot_retrieval(video_audio=per_clip("video_va")[clips], audio=per_clip("audio_va")[clips],
-                                           directions=("audio->video",), modes=modes, split=split, ties=ties)
-            notes["num_audio_clips"] = int(len(clips))
-    if skipped and strict:
-        raise ValueError("; ".join(f"{d}: {why}" for d, why in skipped.items()))
-    notes["skipped_directions"] = skipped
-    return results, notes
-
-
 def run_retrieval(args: argparse.Namespace) -> int:
-    import time
-    from pathlib import Path
-
-    from vatt.data.manifest import read_manifest_entries
-    from vatt.embed import embed_files, embed_text, embedding_arrays, read_embeddings, write_embeddings
-    from vatt.eval.retrieval import DIRECTIONS, MODES, format_table
-
     directions = _split_list(args.directions, DIRECTIONS, "--directions")
     modes = _split_list(args.modes, MODES, "--modes")
     explicit = args.directions != ",".join(OFFICIAL_DIRECTIONS)
@@ -220,28 +152,18 @@ def run_retrieval(args: argparse.Namespace) -> int:
         entries = read_manifest_entries(args.manifest, path_column=args.path_column,
                                         caption_column=args.caption_column, root=args.root, where=where)
         want_audio = "audio->video" in directions
-        bar = Bar("embedding clips", len(entries))
-        try:
-            files = embed_files(model, [e.path for e in entries], entries=entries,
-                                modalities=("video", "audio") if want_audio else ("video",),
-                                num_windows=args.windows, fps=args.fps, batch_size=args.batch_size,
-                                precision=args.precision, num_workers=args.workers, skip_bad=args.skip_bad,
-                                progress=bar)
-        finally:
-            bar.close()
-        captions, clip_of = [], []
-        if {"text->video", "video->text"} & set(directions):
-            for clip, entry in enumerate(files.entries):
-                chosen = entry.captions[:1] if args.captions == "first" else entry.captions
-                captions += chosen
-                clip_of += [clip] * len(chosen)
-        text = embed_text(model, captions, batch_size=max(args.batch_size, 64), precision=args.precision) \
-            if captions else None
+        want_text = bool({"text->video", "video->text"} & set(directions))
+        with ConsoleProgress("embedding clips", len(entries), "file", leave=False) as bar:
+            result = embed_entries(model, entries, captions=args.captions if want_text else "none",
+                                   text_batch_size=max(args.batch_size, 64), progress=bar,
+                                   modalities=("video", "audio") if want_audio else ("video",),
+                                   num_windows=args.windows, fps=args.fps, batch_size=args.batch_size,
+                                   precision=args.precision, num_workers=args.workers, skip_bad=args.skip_bad)
+        files, text, clip_of = result.files, result.text, result.text_clip or None
         meta = {"model": str(args.model), "precision": args.precision, "fps": files.spec.fps}
-        arrays = embedding_arrays(files, text, text_clip=clip_of if text is not None else None, meta=meta)
+        arrays = embedding_arrays(files, text, text_clip=clip_of, meta=meta)
         if args.save_embeddings:
-            write_embeddings(args.save_embeddings, files, text, text_clip=clip_of if text is not None else None,
-                             meta=meta)
+            write_embeddings(args.save_embeddings, files, text, text_clip=clip_of, meta=meta)
         split = args.split_name or (f"{Path(args.manifest).parent.name}/{Path(args.manifest).stem}" + (
             "/" + ",".join(f"{k}={'|'.join(v)}" for k, v in where.items()) if where else ""))
         protocol.update(source=str(args.manifest), model=str(args.model), where=where, num_windows=args.windows,
@@ -257,7 +179,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     protocol["seconds"] = round(time.perf_counter() - t0, 3)
     record = {"command": "eval retrieval", "split": split, "protocol": protocol,
               "results": [r.as_dict() for r in results]}
-    path = write_json(args.out, record)
+    path = write_json(args.out, record, what="results", strict=True)
 
     spec = protocol.get("spec") or {}
     print(f"zero-shot retrieval on {split}: {protocol.get('num_windows')} window(s) per clip "
@@ -283,98 +205,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
 # Linear probe
 # --------------------------------------------------------------------------------------------------
 
-def probe_splits(args: argparse.Namespace) -> tuple[list[tuple[str, list, list]], list[str]]:
-    """[(split name, train items, test items)] and the class names, from the command's split options."""
-    from vatt.data.classification import ClassificationDataset
-
-    wanted = [s.strip() for s in args.splits.split(",")] if args.splits else None
-    where = parse_where(args.where)
-    if args.ucf101 or args.hmdb51:
-        numbers = wanted or ["1", "2", "3"]
-        out, classes = [], None
-        for k in numbers:
-            if args.ucf101:
-                from pathlib import Path
-                d = Path(args.ucf101)
-                tr = ClassificationDataset.from_ucf101(args.data, d / f"trainlist0{k}.txt")
-                te = ClassificationDataset.from_ucf101(args.data, d / f"testlist0{k}.txt")
-            else:
-                tr = ClassificationDataset.from_hmdb51(args.data, args.hmdb51, split=int(k), subset="train")
-                te = ClassificationDataset.from_hmdb51(args.data, args.hmdb51, split=int(k), subset="test")
-            if tr.classes != te.classes or (classes is not None and tr.classes != classes):
-                raise ValueError(f"split {k}: the class lists of the split files disagree")
-            classes = tr.classes
-            out.append((f"split{k}", tr.items, te.items))
-        return out, classes
-
-    path_column = args.path_column
-    if path_column is None:  # detected as in the other commands
-        path_column = pick_column(read_records(args.data).columns, None, PATH_COLUMNS, "file path", str(args.data),
-                                  required=True)
-    common = dict(path_column=path_column, label_column=args.label_column, root=args.root)
-    all_rows = ClassificationDataset.from_csv(args.data, where=where or None, **common)
-    classes = all_rows.classes
-
-    def subset(extra: dict, extra_not: dict | None = None):
-        return ClassificationDataset.from_csv(args.data, where={**where, **extra}, where_not=extra_not,
-                                              classes=classes, **common).items
-
-    if args.split_column:
-        return [(f"{args.split_column}={args.test_value}", subset({args.split_column: args.train_value}),
-                 subset({args.split_column: args.test_value}))], classes
-    values = read_column(args.data, args.fold_column)
-    folds = sorted(set(values) - {""}, key=lambda v: (0, int(v)) if v.lstrip("-").isdigit() else (1, v))
-    folds = [f for f in folds if wanted is None or f in wanted]
-    if len(folds) < (1 if wanted else 2):
-        raise ValueError(f"--fold-column {args.fold_column}: need at least two folds, found {folds}")
-    return [(f"{args.fold_column}={f}", subset({}, {args.fold_column: f}), subset({args.fold_column: f}))
-            for f in folds], classes
-
-
-def extract_features(model, items, classes, modality: str, num_windows: int, fps: float, *, batch_size: int,
-                     workers: int, precision: str, progress=None):
-    """Backbone pooled features `[N, W, D]` (float32 numpy) of labelled items: the middle window
-    (num_windows=1) or W linearly spaced windows, with the official evaluation transforms."""
-    import numpy as np
-    import torch
-
-    from vatt.data.classification import ClassificationDataset
-    from vatt.data.sampling import collate
-    from vatt.embed import _EvalMode, clip_spec, forward_modality
-
-    spec = clip_spec(model, fps)
-    kwargs = {}
-    if modality == "video":
-        kwargs.update(num_frames=spec.num_frames, fps=spec.fps, size=spec.size)
-    else:
-        kwargs.update(audio_samples=spec.audio_samples, sample_rate=spec.sample_rate)
-    data = ClassificationDataset(items, classes, modality=modality, train=False, num_windows=num_windows,
-                                 multi_crop=False, strict=True, **kwargs)
-    per_batch = max(1, batch_size // num_windows)
-    loader = torch.utils.data.DataLoader(data, batch_size=per_batch, collate_fn=collate, num_workers=workers)
-    parts, done = [], 0
-    with _EvalMode(model):
-        for batch in loader:
-            x = batch[modality]  # [B, V, ...]
-            b, v = x.shape[:2]
-            feats = forward_modality(model, modality, x.reshape(b * v, *x.shape[2:]), precision)["features"]
-            parts.append(feats.reshape(b, v, -1).numpy())
-            done += b
-            if progress:
-                progress(done, len(items))
-    return np.concatenate(parts).astype(np.float32)
-
-
 def run_linear_probe(args: argparse.Namespace) -> int:
-    import time
-    from dataclasses import replace
-    from pathlib import Path
-
-    import numpy as np
-
-    from vatt.embed import model_modalities
-    from vatt.eval.linear_probe import CLASSIFIERS, OfficialProbeConfig, evaluate_splits
-
     t0 = time.perf_counter()
     classifiers = _split_list(args.classifier, CLASSIFIERS, "--classifier")
     if args.windows < 1 or args.epochs < 1:
@@ -384,47 +215,23 @@ def run_linear_probe(args: argparse.Namespace) -> int:
     modality = args.modality if args.modality != "auto" else ("video" if "video" in can else can[0])
     if modality not in can:
         raise ValueError(f"--modality {modality}: this model embeds {', '.join(can)}")
-    splits, classes = probe_splits(args)
-
-    # Each clip is embedded once per role: the middle window when it trains, W windows when it tests.
-    def unique(items):
-        return list({(it.path, it.label): it for it in items}.values())
-
-    train_items = unique(it for _, tr, _ in splits for it in tr)
-    test_items = unique(it for _, _, te in splits for it in te)
-    run_kw = dict(batch_size=args.batch_size, workers=args.workers, precision=args.precision)
-    bar = Bar("features: training clips (middle window)", len(train_items), unit="clip")
-    try:
-        train_x = extract_features(model, train_items, classes, modality, 1, args.fps, progress=bar, **run_kw)
-    finally:
-        bar.close()
-    bar = Bar(f"features: test clips ({args.windows} windows)", len(test_items), unit="clip")
-    try:
-        test_x = extract_features(model, test_items, classes, modality, args.windows, args.fps, progress=bar, **run_kw)
-    finally:
-        bar.close()
-    train_row = {(it.path, it.label): i for i, it in enumerate(train_items)}
-    test_row = {(it.path, it.label): i for i, it in enumerate(test_items)}
-    feature_splits = []
-    for _, tr, te in splits:
-        tr_idx = [train_row[(it.path, it.label)] for it in tr]
-        te_idx = [test_row[(it.path, it.label)] for it in te]
-        feature_splits.append(((train_x[tr_idx, 0], np.array([it.label for it in tr])),
-                               (test_x[te_idx], np.array([it.label for it in te]))))
+    splits, classes = probe_splits(
+        args.data, split_column=args.split_column, fold_column=args.fold_column, ucf101=args.ucf101,
+        hmdb51=args.hmdb51, splits=[s.strip() for s in args.splits.split(",")] if args.splits else None,
+        where=parse_where(args.where), path_column=args.path_column, label_column=args.label_column, root=args.root,
+        train_value=args.train_value, test_value=args.test_value)
+    feature_splits = probe_features(
+        model, splits, classes, modality, num_windows=args.windows, fps=args.fps, batch_size=args.batch_size,
+        workers=args.workers, precision=args.precision,
+        progress=lambda what, total: ConsoleProgress(what, total, "clip", leave=False))
     feature_seconds = time.perf_counter() - t0
 
     data_path = Path(args.data)
     name = args.dataset_name or (data_path.name if data_path.is_dir() else f"{data_path.parent.name}/{data_path.stem}")
-    results = {}
-    for c in classifiers:
-        config = replace(OfficialProbeConfig(), epochs=args.epochs) if c == "official" else None
-        t1 = time.perf_counter()
-        results[c] = evaluate_splits(feature_splits, classifier=c, config=config, num_classes=len(classes),
-                                     split_names=[s[0] for s in splits], dataset=name)
-        results[c] = (results[c], time.perf_counter() - t1)
+    results = evaluate_classifiers(feature_splits, classifiers, epochs=args.epochs, num_classes=len(classes),
+                                   split_names=[s[0] for s in splits], dataset=name)
 
-    from vatt.embed import clip_spec
-    spec = clip_spec(model, args.fps)
+    spec = input_spec(model, args.fps)
     protocol = {
         "dataset": name, "data": str(args.data), "model": str(args.model), "modality": modality,
         "features": f"{modality} backbone features_pooled (AGG token after the final LayerNorm), frozen",
@@ -437,7 +244,7 @@ def run_linear_probe(args: argparse.Namespace) -> int:
     }
     record = {"command": "eval linear-probe", "protocol": protocol,
               "results": {c: {**r.as_dict(), "seconds": round(sec, 3)} for c, (r, sec) in results.items()}}
-    path = write_json(args.out, record)
+    path = write_json(args.out, record, what="results", strict=True)
 
     split_names = [s[0] for s in splits]
     header = ["classifier", "top1 %", "top5 %"] + [f"{s} top1 %" for s in split_names] + ["train top1 %", "seconds"]

@@ -18,9 +18,10 @@ import logging
 import time
 from pathlib import Path
 
-from vatt.commands.embed import Bar, table, write_json
+from vatt.atomic import write_json
+from vatt.commands.arguments import table
 from vatt.commands.experiment import add_experiment_arguments, is_main_rank, load_or_report, run_training
-from vatt.engine.progress import ProgressBar
+from vatt.engine.progress import ConsoleProgress, ProgressBar
 from vatt.finetune.config import load_config
 from vatt.finetune.task import evaluate_folder, finetune
 
@@ -46,7 +47,7 @@ class _Bars:
 
     def on_eval_progress(self, done, total):
         if self.eval_bar is None:
-            self.eval_bar = Bar("validation", total, unit="clip")
+            self.eval_bar = ConsoleProgress("validation", total, "clip", leave=False)
         self.eval_bar(min(done, total), total)
 
     def on_eval(self, step, metrics):
@@ -77,7 +78,7 @@ def _evaluate_only(config, model_dir: str) -> int:
 
     def progress(done, total):
         nonlocal bar
-        bar = bar or Bar("validation", total, unit="clip")
+        bar = bar or ConsoleProgress("validation", total, "clip", leave=False)
         bar(min(done, total), total)
 
     try:
@@ -87,7 +88,7 @@ def _evaluate_only(config, model_dir: str) -> int:
             bar.close()
     out = Path(config.run.output_dir) / "evaluation.json"
     write_json(out, {"command": "finetune --evaluate", "model": model_dir, **result.as_dict(),
-                     "seconds": round(time.perf_counter() - t0, 3)})
+                     "seconds": round(time.perf_counter() - t0, 3)}, what="evaluation", strict=True)
     print(f"{model_dir} on the validation data: {result.protocol.describe()}")
     print(table(["metric", "value"], _metric_rows(result.metrics)))
     print(f"wrote {out}")
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
         "config": config.to_dict(),
     }
-    path = write_json(result.output_dir / "results.json", record)
+    path = write_json(result.output_dir / "results.json", record, what="results", strict=True)
     print(f"fine-tuned {result.modality} classifier, {len(result.classes)} classes, {result.step} steps "
           f"({result.skipped_steps} skipped); weights: {result.init}")
     if result.final is not None:

@@ -14,11 +14,16 @@ Undecodable files are listed with their reason and left out.
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
+
+from vatt.checkpoint.io import load_model
+from vatt.commands.arguments import add_run_arguments, table
+from vatt.distributed import init_distributed, shutdown_distributed
+from vatt.engine.progress import ConsoleProgress
+from vatt.index import build_index
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vatt.commands.embed import add_run_arguments
-
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.add_argument("model", help="a vatt model folder (tx_fac / ut_fac: model.safetensors + config.json)")
@@ -38,22 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vatt.commands.embed import Bar, load_model, table
-    from vatt.index import build_index
-    from vatt.distributed import init_distributed, shutdown_distributed
-
     env = init_distributed("cuda" if args.device.startswith("cuda") else "cpu")
     try:
         model = load_model(args.model, args.device if env.world_size == 1 else env.device, args.vocab)
-        bar = Bar("indexing files") if env.rank == 0 else None
-        try:
+        with ConsoleProgress("indexing files", None, "file", leave=False) if env.rank == 0 else nullcontext() as bar:
             report = build_index(model, args.inputs, args.out, model_path=args.model, stride_s=args.stride,
                                  fps=args.fps, batch_size=args.batch_size, precision=args.precision,
                                  num_workers=args.workers, shard_windows=args.shard_windows, progress=bar,
                                  path_column=args.path_column, root=args.root, ann=args.ann)
-        finally:
-            if bar is not None:
-                bar.close()
     finally:
         shutdown_distributed(env)
     if env.rank != 0:

@@ -12,6 +12,12 @@ The model that embeds the query is the one the index was built with (its folder 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+
+from vatt.commands.arguments import media_error, table
+from vatt.data.errors import MediaError
+from vatt.index import Index
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_video(value: str) -> tuple[str, float | None]:
     """"clip.mp4@12.5" -> ("clip.mp4", 12.5); a path without a valid @SECONDS suffix is taken whole."""
-    import os
-
     path, sep, seconds = value.rpartition("@")
     if sep and not os.path.exists(value):
         try:
@@ -55,12 +59,6 @@ def _clock(s: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from vatt.commands.embed import media_error, table
-    from vatt.data.errors import MediaError
-    from vatt.index import Index
-
     given = [g for g in (args.text, args.audio, args.video) if g is not None]
     if len(given) != 1:
         raise ValueError("give one query: a sentence, --audio FILE or --video FILE[@SECONDS]")

@@ -9,6 +9,12 @@ Needs FastAPI and uvicorn (`pip install -e ".[search]"`). Only the files of the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import socket
+import threading
+import webbrowser
+
+from vatt.index import Index
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_port(host: str, port: int) -> None:
     """Fail with a clear message when the address cannot be listened on (in use, or not this machine's)."""
-    import socket
-
     if not 0 < port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {port}")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -38,9 +42,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(index, host: str, port: int, open_browser: bool = False, log=print) -> None:
-    import threading
-    import webbrowser
-
+    # The search extra (FastAPI, uvicorn) is optional: `run` says what to install when it is missing.
     import uvicorn
 
     from vatt.index.serve import make_app
@@ -54,10 +56,6 @@ def serve(index, host: str, port: int, open_browser: bool = False, log=print) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    from vatt.index import Index
-
     missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
     if missing:
         raise ImportError(f"vatt serve needs {', '.join(missing)}: pip install 'vatt[search]' "

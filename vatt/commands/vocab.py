@@ -12,6 +12,10 @@ and its checkpoints.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from vatt.commands.arguments import parse_where
+from vatt.pretrain.data import build_vocabulary, is_shards
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,11 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from vatt.commands.embed import parse_where
-    from vatt.pretrain.data import build_vocabulary, is_shards
-
     where = parse_where(args.where)
     if where and is_shards(args.source):
         raise ValueError("--where selects manifest rows; shards were already selected when they were written")

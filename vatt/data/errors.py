@@ -6,8 +6,10 @@ bad argument) stay `ValueError`: they are bugs in the caller, not bad files.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
+import sys
 
 # The reason codes in use. A dataset may count skips per code; keep these strings stable.
 REASONS = frozenset({
@@ -70,12 +72,32 @@ def is_worker_death(err: BaseException) -> bool:
     if isinstance(err, RuntimeError):
         return str(err).startswith("DataLoader worker (pid")
     if isinstance(err, (ConnectionError, EOFError)):
-        tb = err.__traceback__
-        while tb is not None:
-            if tb.tb_frame.f_code.co_filename.endswith(os.path.join("multiprocessing", "resource_sharer.py")):
-                return True
-            tb = tb.tb_next
+        return _in_resource_sharer(err.__traceback__)
     return False
+
+
+def _in_resource_sharer(tb) -> bool:
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("multiprocessing", "resource_sharer.py")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def quiet_resource_sharer_errors() -> None:
+    """Keep a worker's death during a batch handover from printing a thread's traceback.
+
+    The resource sharer's server thread (in the main process) reports a connection that a dying worker left
+    half-open through `sys.excepthook`; the training loop reports the death itself, in one line, with what to
+    do next. Other exceptions reach the previous hook unchanged."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if isinstance(value, (OSError, EOFError, multiprocessing.AuthenticationError)) and _in_resource_sharer(tb):
+            return
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 # What the loops catch around their data iteration to recognise a dead worker (see `is_worker_death`).

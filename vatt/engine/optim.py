@@ -53,7 +53,26 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
 
 
-class KerasAdam(torch.optim.Optimizer):
+class _KerasOptimizer(torch.optim.Optimizer):
+    """The loop of a per-parameter update, as `tf.keras` optimisers apply it; subclasses give `update`."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.update(p, p.grad, group)
+        return loss
+
+    def update(self, p: torch.Tensor, g: torch.Tensor, group: dict) -> None:
+        raise NotImplementedError
+
+
+class KerasAdam(_KerasOptimizer):
     """Adam as Keras computes it (see the module docstring), without weight decay.
 
     The state of each parameter has torch Adam's names -- `step` (the Keras `iterations` after this
@@ -66,34 +85,23 @@ class KerasAdam(torch.optim.Optimizer):
             raise ValueError(f"invalid Adam settings: lr={lr}, betas={betas}, eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t = float(state["step"])
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                g = p.grad
-                m.lerp_(g, 1.0 - beta1)  # m += (g - m)(1 - β1), as the Keras kernel writes it
-                v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-                step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
-                p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
-        return loss
+    def update(self, p: torch.Tensor, g: torch.Tensor, group: dict) -> None:
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        t = float(state["step"])
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(g, 1.0 - beta1)  # m += (g - m)(1 - β1), as the Keras kernel writes it
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+        p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
 
 
-class KerasSGD(torch.optim.Optimizer):
+class KerasSGD(_KerasOptimizer):
     """SGD with momentum as Keras computes it (see the module docstring).
 
     `weight_decay` is decoupled, as the official `SGDW` (tf-addons): w <- w - weight_decay * w before the
@@ -106,33 +114,22 @@ class KerasSGD(torch.optim.Optimizer):
             raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if wd:
-                    p.mul_(1.0 - wd)
-                if m == 0:
-                    p.add_(g, alpha=-lr)
-                    continue
-                state = self.state[p]
-                if "velocity" not in state:
-                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                v = state["velocity"]
-                v.mul_(m).add_(g, alpha=-lr)
-                if group["nesterov"]:
-                    p.add_(v, alpha=m).add_(g, alpha=-lr)
-                else:
-                    p.add_(v)
-        return loss
+    def update(self, p: torch.Tensor, g: torch.Tensor, group: dict) -> None:
+        lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
+        if wd:
+            p.mul_(1.0 - wd)
+        if m == 0:
+            p.add_(g, alpha=-lr)
+            return
+        state = self.state[p]
+        if "velocity" not in state:
+            state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        v = state["velocity"]
+        v.mul_(m).add_(g, alpha=-lr)
+        if group["nesterov"]:
+            p.add_(v, alpha=m).add_(g, alpha=-lr)
+        else:
+            p.add_(v)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

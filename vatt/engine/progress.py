@@ -155,7 +155,12 @@ class PlainProgress:
 
 
 class ConsoleProgress:
-    """A tqdm bar on a terminal, `PlainProgress` lines elsewhere; driven by absolute counts."""
+    """A tqdm bar on a terminal, `PlainProgress` lines elsewhere; driven by absolute counts.
+
+    The one progress adapter of the package: the training loop's `ProgressBar` draws one, and the library's
+    `progress=` callbacks (`(done, total)`: embedding, feature extraction, indexing) take one as they are,
+    `with ConsoleProgress("embedding files", n, "file", leave=False) as bar: embed_files(..., progress=bar)`.
+    """
 
     def __init__(self, desc: str = "", total: int | None = None, unit: str = "it", initial: int = 0,
                  interval: float = 10.0, **tqdm_kwargs: Any):
@@ -177,8 +182,17 @@ class ConsoleProgress:
                 self.bar.set_postfix_str(postfix, refresh=False)
             self.bar.update(n - self.bar.n)
 
+    def __call__(self, done: int, total: int | None = None) -> None:
+        self.update_to(done, total)
+
     def close(self) -> None:
         (self.plain or self.bar).close()
+
+    def __enter__(self) -> "ConsoleProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class ProgressBar(Callback):

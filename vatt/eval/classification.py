@@ -14,7 +14,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+
+from vatt.data.sampling import collate
+from vatt.distributed import get_rank, get_world_size, is_distributed
+from vatt.eval.metrics import aggregate_predictions, multilabel_metrics, topk_accuracy
+from vatt.inference import forward_views
 
 
 @dataclass(frozen=True)
@@ -40,45 +46,27 @@ class ClassificationResult:
         return {"metrics": dict(self.metrics), "protocol": asdict(self.protocol)}
 
 
-@torch.no_grad()
 def predict(model: nn.Module, dataset, *, batch_size: int = 8, num_workers: int = 0, device: torch.device | None = None,
             amp_dtype: torch.dtype | None = None, max_clips: int = 0,
             progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Logits `[N, V, C]` (float32) of every view of every clip, and the labels (`[N]` int or `[N, C]`).
 
     The dataset yields validation samples (`video` `[V, T, H, W, 3]` or `audio` `[V, N]`, and `label`).
+    The views of a batch go through the model together (`vatt.inference.forward_views`).
     Under torch.distributed each rank scores every world_size-th clip and the results are gathered.
     """
-    from vatt.data.sampling import collate
-    from vatt.distributed import get_rank, get_world_size, is_distributed
-
-    device = device or next(model.parameters()).device
     n = len(dataset) if not max_clips else min(max_clips, len(dataset))
     rank, world = get_rank(), get_world_size()
     indices = list(range(rank, n, world))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
                                          collate_fn=collate, num_workers=num_workers)
-    was_training = model.training
-    model.eval()
-    parts, labels, done = [], [], 0
-    try:
-        for batch in loader:
-            key = "video" if "video" in batch else "audio"
-            x = batch[key]
-            b, v = x.shape[:2]
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(x.reshape(b * v, *x.shape[2:]).to(device)).logits
-            parts.append(logits.float().reshape(b, v, -1).cpu())
-            labels.append(batch["label"])
-            done += b
-            if progress:
-                progress(done * world, n)
-    finally:
-        model.train(was_training)
-    logits = torch.cat(parts).numpy() if parts else np.zeros((0, 1, 1), np.float32)
-    label_arr = torch.cat(labels).numpy() if labels else np.zeros((0,), np.int64)
+    logits, carried = forward_views(model, loader, ("video", "audio"), lambda x: model(x).logits, dtype=amp_dtype,
+                                    device=device, carry=("label",),
+                                    progress=(lambda done: progress(done * world, n)) if progress else None)
+    if not len(logits):
+        logits = np.zeros((0, 1, 1), np.float32)
+    label_arr = carried.get("label", np.zeros((0,), np.int64))
     if is_distributed() and world > 1:
-        import torch.distributed as dist
         gathered: list = [None] * world
         dist.all_gather_object(gathered, (indices, logits, label_arr))
         order = np.argsort(np.concatenate([g[0] for g in gathered]))
@@ -93,8 +81,6 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, multi_label: 
     logits `[N, V, C]` (or `[N, C]`); labels `[N]` class indices or `[N, C]` multi-hot.
     Single-label keys: top1, top5 (fractions); multi-label: mAP, AUC, d-prime (+ class counts).
     """
-    from vatt.eval.metrics import aggregate_predictions, multilabel_metrics, topk_accuracy
-
     logits = np.asarray(logits, dtype=np.float64)
     views = logits.shape[1] if logits.ndim == 3 else 1
     activation = "sigmoid" if multi_label else "softmax"

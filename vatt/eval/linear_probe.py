@@ -15,13 +15,31 @@ Two classifiers:
 """
 from __future__ import annotations
 
+import csv
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Sequence
+import os
+import time
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
+from scipy.special import softmax
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
 
+from vatt.configs import input_spec
+from vatt.data.classification import ClassificationDataset, LabeledItem
+from vatt.data.sampling import collate
+from vatt.data.manifest import PATH_COLUMNS
 from vatt.eval.metrics import to_numpy, topk_accuracy
+from vatt.inference import forward_views, modality_outputs, model_device
+from vatt.precision import autocast_dtype
 
 CLASSIFIERS = ("official", "logistic")
 
@@ -91,8 +109,6 @@ def _probe_loss_and_grads(params, x, y, mask, l2: float):
     Returns:
         (loss, (g_w1, g_b1, g_w2, g_b2)); the loss is mean cross-entropy + L2, as Keras minimises it.
     """
-    import torch
-
     w1, b1, w2, b2 = params
     batch = x.shape[0]
     hidden = torch.addmm(b1, x, w1).mul_(mask)  # [B, H]
@@ -140,8 +156,6 @@ class OfficialProbe:
     def _glorot_normal(fan_in: int, fan_out: int, generator):
         # Keras glorot_normal: a normal truncated at 2 std, scaled so that the *truncated* std is
         # sqrt(2 / (fan_in + fan_out)); 0.8796... is the std of a unit normal truncated at ±2.
-        import torch
-
         std = math.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978
         # trunc_normal_ takes no generator; rejection-sample from the seeded generator instead.
         draws, need = [], fan_in * fan_out
@@ -154,8 +168,6 @@ class OfficialProbe:
 
     def fit(self, features, labels, num_classes: int | None = None) -> "OfficialProbe":
         """Train from scratch on features [N, D] (or [N, W, D], windows as samples) and int labels [N]."""
-        import torch
-
         cfg = self.config
         x_np, y_np = _train_rows(features, labels)
         num_classes = int(num_classes if num_classes is not None else y_np.max() + 1)
@@ -205,8 +217,6 @@ class OfficialProbe:
 
     def predict_logits(self, features) -> np.ndarray:
         """Logits [..., C] for features [..., D] (no dropout at test time)."""
-        import torch
-
         if self.params is None:
             raise RuntimeError("fit() first")
         p = self.params
@@ -215,8 +225,6 @@ class OfficialProbe:
             return ((x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]).cpu().numpy().astype(np.float64)
 
     def predict_proba(self, features) -> np.ndarray:
-        from scipy.special import softmax
-
         return softmax(self.predict_logits(features), axis=-1)
 
 
@@ -231,17 +239,11 @@ class LogisticProbe:
         self.num_classes: int | None = None
 
     def _make(self, C: float):
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
         # lbfgs fits the multinomial (softmax) model for more than two classes.
         return make_pipeline(StandardScaler(),
                              LogisticRegression(C=C, max_iter=self.config.max_iter, random_state=self.config.seed))
 
     def fit(self, features, labels, num_classes: int | None = None) -> "LogisticProbe":
-        from sklearn.model_selection import train_test_split
-
         cfg = self.config
         x, y = _train_rows(features, labels)
         self.num_classes = int(num_classes if num_classes is not None else y.max() + 1)
@@ -391,3 +393,141 @@ def evaluate_splits(splits: Sequence, *, classifier: str = "official", config=No
                              feature_dim=dims.pop(), num_train=tuple(n_train), num_test=tuple(n_test))
     mean = {k: float(np.mean([s[k] for s in per_split])) for k in ("top1", "top5")}
     return ProbeResult(mean=mean, per_split=per_split, split_names=names, protocol=protocol, probes=probes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Features of labelled files, and the splits they are probed on
+# --------------------------------------------------------------------------------------------------
+
+Split = tuple[str, list, list]  # (name, training items, test items)
+
+
+def _read_column(csv_path: str | os.PathLike, column: str) -> list[str]:
+    with open(csv_path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        if column not in (reader.fieldnames or []):
+            raise ValueError(f"{csv_path}: no column {column!r}; columns are {reader.fieldnames}")
+        return [(r[column] or "").strip() for r in reader]
+
+
+def probe_splits(data: str | os.PathLike, *, split_column: str | None = None, fold_column: str | None = None,
+                 ucf101: str | os.PathLike | None = None, hmdb51: str | os.PathLike | None = None,
+                 splits: Sequence[str] | None = None, where: Mapping[str, Any] | None = None,
+                 path_column: str | None = None, label_column: str = "label", root: str | os.PathLike | None = None,
+                 train_value: str = "train", test_value: str = "test") -> tuple[list[Split], list[str]]:
+    """[(split name, train items, test items)] and the class names, for one of the split conventions:
+
+    - `ucf101` / `hmdb51`: the official split files (their folder), `data` the folder of the videos;
+      splits "1", "2", "3" by default;
+    - `split_column`: one split of a CSV, rows whose column is `train_value` / `test_value`;
+    - `fold_column`: each fold of a CSV is the test set once, the other folds train (ESC-50: 5 folds).
+    `splits` keeps a subset (split numbers or fold values); `where` keeps CSV rows (column -> values).
+    """
+    wanted = list(splits) if splits else None
+    where = dict(where or {})
+    if ucf101 or hmdb51:
+        out, classes = [], None
+        for k in wanted or ["1", "2", "3"]:
+            if ucf101:
+                tr = ClassificationDataset.from_ucf101(data, Path(ucf101) / f"trainlist0{k}.txt")
+                te = ClassificationDataset.from_ucf101(data, Path(ucf101) / f"testlist0{k}.txt")
+            else:
+                tr = ClassificationDataset.from_hmdb51(data, hmdb51, split=int(k), subset="train")
+                te = ClassificationDataset.from_hmdb51(data, hmdb51, split=int(k), subset="test")
+            if tr.classes != te.classes or (classes is not None and tr.classes != classes):
+                raise ValueError(f"split {k}: the class lists of the split files disagree")
+            classes = tr.classes
+            out.append((f"split{k}", tr.items, te.items))
+        return out, classes
+
+    if path_column is None:  # detected as in the other commands
+        with open(data, encoding="utf-8-sig", newline="") as f:
+            header = next(csv.reader(f), [])
+        path_column = next((c for c in PATH_COLUMNS if c in header), None)
+        if path_column is None:
+            raise ValueError(f"{data}: no file path column (looked for {', '.join(PATH_COLUMNS)}; name it with "
+                             f"--path-column); columns are {header}")
+    common = dict(path_column=path_column, label_column=label_column, root=root)
+    classes = ClassificationDataset.from_csv(data, where=where or None, **common).classes
+
+    def subset(extra: dict, extra_not: dict | None = None):
+        return ClassificationDataset.from_csv(data, where={**where, **extra}, where_not=extra_not,
+                                              classes=classes, **common).items
+
+    if split_column:
+        return [(f"{split_column}={test_value}", subset({split_column: train_value}),
+                 subset({split_column: test_value}))], classes
+    if not fold_column:
+        raise ValueError("name the splits: split_column, fold_column, ucf101 or hmdb51")
+    values = _read_column(data, fold_column)
+    folds = sorted(set(values) - {""}, key=lambda v: (0, int(v)) if v.lstrip("-").isdigit() else (1, v))
+    folds = [f for f in folds if wanted is None or f in wanted]
+    if len(folds) < (1 if wanted else 2):
+        raise ValueError(f"--fold-column {fold_column}: need at least two folds, found {folds}")
+    return [(f"{fold_column}={f}", subset({}, {fold_column: f}), subset({fold_column: f})) for f in folds], classes
+
+
+def extract_features(model: nn.Module, items: Sequence[LabeledItem], classes: Sequence[str], modality: str,
+                     num_windows: int, fps: float | None, *, batch_size: int, workers: int, precision: str,
+                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Backbone pooled features `[N, W, D]` (float32 numpy) of labelled items: the middle window
+    (num_windows=1) or W linearly spaced windows, with the official evaluation transforms."""
+    spec = input_spec(model, fps)
+    if modality == "video":
+        sizes = dict(num_frames=spec.num_frames, fps=spec.fps, size=spec.size)
+    else:
+        sizes = dict(audio_samples=spec.audio_samples, sample_rate=spec.sample_rate)
+    data = ClassificationDataset(items, classes, modality=modality, train=False, num_windows=num_windows,
+                                 multi_crop=False, strict=True, **sizes)
+    loader = torch.utils.data.DataLoader(data, batch_size=max(1, batch_size // num_windows), collate_fn=collate,
+                                         num_workers=workers)
+    features, _ = forward_views(model, loader, modality, lambda x: modality_outputs(model, modality, x)["features"],
+                                dtype=autocast_dtype(precision, model_device(model)),
+                                progress=(lambda done: progress(done, len(items))) if progress else None)
+    return features.astype(np.float32)
+
+
+ProgressBars = Callable[[str, int], AbstractContextManager]  # (description, total) -> a `(done, total)` callable
+
+
+def probe_features(model: nn.Module, splits: Sequence[Split], classes: Sequence[str], modality: str, *,
+                   num_windows: int = 4, fps: float | None = None, batch_size: int = 8, workers: int = 0,
+                   precision: str = "fp32", progress: ProgressBars | None = None) -> list:
+    """The feature splits `evaluate_splits` takes, `[((train x [n, D], y), (test x [m, W, D], y)), ...]`:
+    each clip is embedded once per role, its middle window when it trains, W windows when it tests.
+    `progress(description, total)` makes the progress callback of each pass (a context manager)."""
+    def unique(items):
+        return list({(it.path, it.label): it for it in items}.values())
+
+    def features(items, windows, what):
+        kw = dict(batch_size=batch_size, workers=workers, precision=precision)
+        if progress is None:
+            return extract_features(model, items, classes, modality, windows, fps, **kw)
+        with progress(what, len(items)) as bar:
+            return extract_features(model, items, classes, modality, windows, fps, progress=bar, **kw)
+
+    train_items = unique(it for _, tr, _ in splits for it in tr)
+    test_items = unique(it for _, _, te in splits for it in te)
+    train_x = features(train_items, 1, "features: training clips (middle window)")
+    test_x = features(test_items, num_windows, f"features: test clips ({num_windows} windows)")
+    train_row = {(it.path, it.label): i for i, it in enumerate(train_items)}
+    test_row = {(it.path, it.label): i for i, it in enumerate(test_items)}
+    feature_splits = []
+    for _, tr, te in splits:
+        tr_idx = [train_row[(it.path, it.label)] for it in tr]
+        te_idx = [test_row[(it.path, it.label)] for it in te]
+        feature_splits.append(((train_x[tr_idx, 0], np.array([it.label for it in tr])),
+                               (test_x[te_idx], np.array([it.label for it in te]))))
+    return feature_splits
+
+
+def evaluate_classifiers(feature_splits: Sequence, classifiers: Sequence[str], *, epochs: int | None = None,
+                         **kwargs: Any) -> dict[str, tuple[ProbeResult, float]]:
+    """`evaluate_splits` with each classifier; classifier -> (result, seconds). `epochs` sets the official
+    probe's (default: its config's, 1000)."""
+    results = {}
+    for c in classifiers:
+        config = replace(OfficialProbeConfig(), epochs=epochs) if c == "official" and epochs else None
+        t0 = time.perf_counter()
+        results[c] = (evaluate_splits(feature_splits, classifier=c, config=config, **kwargs), time.perf_counter() - t0)
+    return results

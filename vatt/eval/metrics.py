@@ -21,6 +21,9 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import numpy as np
+from scipy.special import expit, softmax
+from scipy.stats import norm
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 TIE_RULES = ("pessimistic", "optimistic")
 
@@ -177,8 +180,6 @@ def aggregate_predictions(logits, num_views: int | None = None, activation: str 
     Averaging logits is not averaging probabilities; the linear probe averages softmax outputs instead
     (see `vatt.eval.linear_probe`), each as the official code does.
     """
-    from scipy.special import expit, softmax
-
     mean_logits = to_numpy(aggregate_views(to_numpy(logits, dtype=np.float64), num_views))
     if activation == "softmax":
         return softmax(mean_logits, axis=-1)
@@ -224,8 +225,6 @@ def topk_accuracy(scores, labels, ks: Iterable[int] = (1, 5), ties: str = "pessi
 def d_prime(auc):
     """d' = √2·Φ⁻¹(AUC): the separation, in standard deviations, of two unit-variance Gaussians whose
     ROC has this area. AUC = 1 gives +inf and AUC = 0.5 gives 0."""
-    from scipy.stats import norm
-
     return np.sqrt(2.0) * norm.ppf(auc)
 
 
@@ -248,8 +247,6 @@ def multilabel_metrics(scores, targets) -> dict[str, float]:
     AudioSet eval set every class is defined and the numbers equal the official ones. A class with
     AUC = 1 has d' = +inf, as in the official code; it is not clipped.
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     scores = to_numpy(scores, dtype=np.float64)
     targets = to_numpy(targets)
     if scores.ndim != 2 or scores.shape != targets.shape:

@@ -18,6 +18,7 @@ is retrieved. Metrics come from `vatt.eval.metrics` (R@k as fractions, 1-based r
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -190,6 +191,103 @@ def zero_shot_retrieval(*, video_text=None, text=None, caption_video=None, video
     # Direction-major order reads best in a table.
     order = {d: i for i, d in enumerate(DIRECTIONS)}
     return sorted(results, key=lambda r: order[r.protocol.direction])
+
+
+def heldout_retrieval(emb: dict[str, np.ndarray]) -> dict[str, float]:
+    """The held-out check of pre-training (and the demo's): text→video and audio→video R@1/R@5/R@10/MedR
+    (R@k as fractions) over the clips that have text/audio, from `vatt.inference.embed_clips` arrays.
+
+    One window per clip and the first caption of each clip (a learning signal, not the official 4-window
+    protocol of `vatt eval retrieval`). Text queries search all videos; audio queries search the videos of
+    clips that have audio.
+    """
+    metrics: dict[str, float] = {}
+    with_text = np.flatnonzero(emb["text_mask"] > 0)
+    with_audio = np.flatnonzero(emb["audio_mask"] > 0)
+    results = []
+    if len(with_text):
+        results += zero_shot_retrieval(video_text=emb["video_vt"], text=emb["text_vt"][with_text],
+                                       caption_video=with_text, directions=("text->video",), modes=("embd",),
+                                       split="heldout")
+    if len(with_audio):
+        results += zero_shot_retrieval(video_audio=emb["video_va"][with_audio], audio=emb["audio_va"][with_audio],
+                                       directions=("audio->video",), modes=("embd",), split="heldout")
+    for r in results:
+        for key in ("R@1", "R@5", "R@10", "MedR"):
+            metrics[f"{r.protocol.direction}/{key}"] = float(r.metrics[key])
+        metrics[f"{r.protocol.direction}/num_items"] = float(r.protocol.num_items)
+    return metrics
+
+
+def first_caption_per_clip(arrays: dict[str, Any]) -> dict[str, Any]:
+    """The arrays with each clip's first caption only (captions not tied to a clip are dropped)."""
+    if "text_clip" not in arrays:
+        return arrays
+    clip_of = np.asarray(arrays["text_clip"])
+    keep = np.zeros(len(clip_of), bool)
+    seen: set[int] = set()
+    for i, c in enumerate(clip_of.tolist()):
+        if c >= 0 and c not in seen:
+            seen.add(c)
+            keep[i] = True
+    return {k: (v[keep] if k == "text" or k.startswith("text_") else v) for k, v in arrays.items()}
+
+
+def retrieval_from_arrays(arrays: dict[str, Any], *, directions=OFFICIAL_DIRECTIONS,
+                          modes=("embd", "cosine"), split: str = "test", ties: str = "pessimistic",
+                          strict: bool = False) -> tuple[list, dict[str, Any]]:
+    """Zero-shot retrieval from embedding arrays (the layout of `vatt.embedding_files.embedding_arrays` /
+    an .npz).
+
+    Videos without captions are left out of the text directions (each query and each video needs a
+    ground truth); audio->video uses the clips that have a video and real audio. A direction the data
+    cannot give is skipped and named in the returned notes, or raises with `strict=True`.
+    Returns (results, notes) with notes {"skipped_directions": {...}, "num_text_videos", "num_audio_clips"}.
+    """
+    w = int(arrays["meta"].get("num_windows", 1))
+    n = int(arrays["clip"].max()) + 1 if "clip" in arrays and len(arrays["clip"]) else 0
+
+    def per_clip(key):
+        return arrays[key].reshape(n, w, -1) if key in arrays else None
+
+    has_video = arrays["has_video"].reshape(n, w)[:, 0] if n else np.zeros(0, bool)
+    has_audio = arrays["has_audio"].reshape(n, w)[:, 0] & (arrays["audio_mask"].reshape(n, w).max(1) > 0) if n \
+        else np.zeros(0, bool)
+    results, skipped, notes = [], {}, {}
+
+    text_dirs = tuple(d for d in directions if d in ("text->video", "video->text"))
+    if text_dirs:
+        why = None
+        if "text_vt" not in arrays or per_clip("video_vt") is None:
+            why = "needs video and caption embeddings in the video-text space"
+        else:
+            clip_of = arrays["text_clip"]
+            usable = (clip_of >= 0) & has_video[np.clip(clip_of, 0, max(n - 1, 0))] if n else clip_of < -1
+            videos = np.unique(clip_of[usable])
+            if len(videos) < 2:
+                why = "needs at least two clips with a video and a caption"
+            else:
+                remap = np.full(n, -1)
+                remap[videos] = np.arange(len(videos))
+                results += zero_shot_retrieval(
+                    video_text=per_clip("video_vt")[videos], text=arrays["text_vt"][usable],
+                    caption_video=remap[clip_of[usable]], directions=text_dirs, modes=modes, split=split, ties=ties)
+                notes["num_text_videos"] = int(len(videos))
+                notes["num_captions"] = int(usable.sum())
+        if why:
+            skipped.update({d: why for d in text_dirs})
+    if "audio->video" in directions:
+        clips = np.flatnonzero(has_video & has_audio)
+        if per_clip("audio_va") is None or per_clip("video_va") is None or len(clips) < 2:
+            skipped["audio->video"] = "needs at least two clips with both a video and real audio"
+        else:
+            results += zero_shot_retrieval(video_audio=per_clip("video_va")[clips], audio=per_clip("audio_va")[clips],
+                                           directions=("audio->video",), modes=modes, split=split, ties=ties)
+            notes["num_audio_clips"] = int(len(clips))
+    if skipped and strict:
+        raise ValueError("; ".join(f"{d}: {why}" for d, why in skipped.items()))
+    notes["skipped_directions"] = skipped
+    return results, notes
 
 
 def format_table(results: list[RetrievalResult]) -> str:

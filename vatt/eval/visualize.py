@@ -6,21 +6,32 @@ PNGs are saved without `bbox_inches="tight"`, so their pixel size is exactly `si
 """
 from __future__ import annotations
 
+import os
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
+from vatt.atomic import atomic_write
+from vatt.data.manifest import MediaEntry, list_media
 from vatt.eval.metrics import to_numpy
+from vatt.eval.retrieval import clip_similarity
 
 PROJECTIONS = ("tsne", "pca")
 
 
-def project_2d(features, method: str = "tsne", seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+def project_2d(features, method: str = "tsne", seed: int = 0, perplexity: float = 30.0,
+               tsne_method: str = "barnes_hut") -> np.ndarray:
     """[N, D] features -> [N, 2] coordinates by t-SNE or PCA (scikit-learn).
 
     t-SNE starts from the PCA layout (stable across runs with the same seed); its perplexity is capped
     at (N - 1) / 3 because sklearn requires perplexity < N and small sets need a smaller value.
+    `tsne_method="exact"` computes all pairs: for a few hundred points it takes about a second, where
+    scikit-learn's default Barnes-Hut took 5-40 s on a busy 2-core machine (its OpenMP threads stall).
     """
     x = to_numpy(features, dtype=np.float64)
     if x.ndim != 2:
@@ -28,18 +39,16 @@ def project_2d(features, method: str = "tsne", seed: int = 0, perplexity: float 
     if x.shape[0] < 3:
         raise ValueError(f"need at least 3 points for a 2-D projection, got {x.shape[0]}")
     if method == "pca":
-        from sklearn.decomposition import PCA
-
         return PCA(n_components=2, random_state=seed).fit_transform(x)
     if method == "tsne":
-        from sklearn.manifold import TSNE
-
         perplexity = min(perplexity, (x.shape[0] - 1) / 3)
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", method=tsne_method,
+                    random_state=seed).fit_transform(x)
     raise ValueError(f"method must be one of {PROJECTIONS}, got {method!r}")
 
 
 def _new_figure(size_inches: tuple[float, float], dpi: int, layout: str | None = None):
+    # matplotlib is imported when a picture is drawn: it is slow to import and most users never draw.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -49,7 +58,6 @@ def _new_figure(size_inches: tuple[float, float], dpi: int, layout: str | None =
 
 
 def _save(fig, path) -> Path:
-    from vatt.atomic import atomic_write
     path = Path(path)
     with atomic_write(path, what="picture") as f:
         fig.savefig(f, format="png", dpi=fig.dpi)
@@ -73,7 +81,7 @@ def class_styles(names: Sequence[str]) -> list[tuple[tuple[float, float, float, 
     """A (RGBA colour, marker) per class, all distinct: the named colour and shape where a name has them;
     otherwise a qualitative palette (tab10 up to 10 classes, tab20 up to 20) and, beyond 20 classes,
     palette colours combined with markers (never a continuous map, whose neighbours look alike)."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # as in `_new_figure`: imported when a picture is drawn
     from matplotlib.colors import to_rgba
 
     words = [str(n).lower().replace("-", " ").replace("_", " ").split() for n in names]
@@ -191,3 +199,120 @@ def plot_similarity(similarity, path, *, title: str | None = None, query_label: 
     ax.set_ylabel(f"{query_label} ({sim.shape[0]})")
     ax.set_title(title or "similarity")
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# What `vatt visualize` draws, from embedding arrays (the `vatt.embedding_files` layout)
+# --------------------------------------------------------------------------------------------------
+
+def class_folder_entries(root: str | os.PathLike, left_out: Counter | None = None) -> list[MediaEntry]:
+    """The media files of a folder with one sub-folder per class, labelled (`fields["label"]`) by it;
+    files directly in `root` have no class and are left out."""
+    root = Path(root)
+    entries = [MediaEntry(e.path, fields={"label": Path(e.path).relative_to(root).parts[0]})
+               for e in list_media([root], left_out=left_out) if len(Path(e.path).relative_to(root).parts) > 1]
+    if not entries:
+        raise ValueError(f"{root}: no media files in class sub-folders")
+    return entries
+
+
+@dataclass
+class FeaturePoints:
+    """One point per clip (its windows averaged) of one modality's features or embeddings, with its label."""
+
+    x: np.ndarray  # [N, D]
+    labels: list[str]
+    modality: str
+    space: str
+    dropped: int  # clips without that modality
+
+
+def feature_points(arrays: dict[str, Any], labels: Sequence[str], *, modality: str = "auto",
+                   space: str = "features") -> FeaturePoints:
+    """`labels` (one per clip) and the clips' `<modality>_<space>` arrays, windows averaged; clips without
+    the modality are dropped. modality "auto": video if any clip has it, else audio."""
+    w = int(arrays["meta"].get("num_windows", 1))
+    if modality == "auto":
+        modality = "video" if "video_features" in arrays and arrays["has_video"].any() else "audio"
+    key = f"{modality}_{space}"
+    if key not in arrays:
+        raise ValueError(f"no {space} of {modality} in the embeddings (they hold "
+                         f"{', '.join(k for k in arrays if k.endswith(('features', '_va', '_vt')))})")
+    x = arrays[key].reshape(len(labels), w, -1).mean(axis=1)
+    keep = np.isfinite(x).all(axis=1)
+    kept = [lab for lab, k in zip(labels, keep) if k]
+    if len(kept) < 3:
+        raise ValueError(f"only {len(kept)} clip(s) have {modality} embeddings; need at least 3")
+    return FeaturePoints(x[keep], kept, modality, space, int((~keep).sum()))
+
+
+def plot_feature_maps(points: FeaturePoints, out_dir: str | os.PathLike, methods: Sequence[str] = PROJECTIONS,
+                      seed: int = 0) -> list[Path]:
+    """`plot_features_2d` of the points by each method, as `<out_dir>/<modality>_<space>_<method>.png`."""
+    labels = np.array(points.labels, dtype=str)
+    written = []
+    for method in methods:
+        title = (f"{ {'tsne': 't-SNE', 'pca': 'PCA'}[method]} of {points.modality} {points.space} "
+                 f"({len(labels)} clips, {len(set(points.labels))} classes)")
+        written.append(plot_features_2d(points.x, labels, Path(out_dir) / f"{points.modality}_{points.space}_{method}.png",
+                                        method=method, title=title, seed=seed))
+    return written
+
+
+@dataclass
+class SimilarityMap:
+    """A retrieval similarity matrix `[Q, N]` and what its rows and columns are."""
+
+    similarity: np.ndarray
+    targets: np.ndarray  # [Q] the column of each row's clip
+    query_names: list[str]
+    item_names: list[str]
+    query_label: str
+    item_label: str
+    num_windows: int
+
+    @property
+    def recall_at_1(self) -> float:
+        """Fraction of rows whose target scores highest (ties pessimistic)."""
+        sim, q = self.similarity, np.arange(len(self.targets))
+        return float(np.mean((sim > sim[q, self.targets][:, None]).sum(1) == 0))
+
+
+def similarity_map(arrays: dict[str, Any], pair: str = "text-video", mode: str = "embd",
+                   max_clips: int = 0) -> SimilarityMap:
+    """The similarities of the first `max_clips` clips (0: all): "text-video", each clip's first caption
+    against the clips' video windows (ground truth the diagonal, nearly), or "audio-video", the audio of the
+    clips that have both against their video."""
+    w = int(arrays["meta"].get("num_windows", 1))
+    n = int(arrays["clip"].max()) + 1
+    if max_clips:
+        n = min(n, max_clips)
+    names = [Path(str(arrays["path"][c * w])).name for c in range(n)]
+    if pair == "text-video":
+        if "text_vt" not in arrays or "video_vt" not in arrays:
+            raise ValueError("text-video needs caption and video embeddings in the video-text space")
+        videos = arrays["video_vt"][: n * w].reshape(n, w, -1)
+        keep = (arrays["text_clip"] >= 0) & (arrays["text_clip"] < n)
+        first: dict[int, int] = {}  # clip -> its first caption's row, in clip order
+        for i in np.flatnonzero(keep):
+            first.setdefault(int(arrays["text_clip"][i]), i)
+        rows = [first[c] for c in sorted(first)]
+        return SimilarityMap(clip_similarity(arrays["text_vt"][rows], videos, mode), np.array(sorted(first)),
+                             [str(arrays["text"][r]) for r in rows], names, "captions", "clips (video)", w)
+    if "audio_va" not in arrays:
+        raise ValueError("audio-video needs audio embeddings")
+    has = arrays["has_audio"][: n * w].reshape(n, w)[:, 0] & arrays["has_video"][: n * w].reshape(n, w)[:, 0]
+    clips = np.flatnonzero(has)
+    if len(clips) < 2:
+        raise ValueError("audio-video needs at least two clips with video and audio")
+    videos = arrays["video_va"][: n * w].reshape(n, w, -1)[clips]
+    queries = arrays["audio_va"][: n * w].reshape(n, w, -1)[clips]
+    clip_names = [names[c] for c in clips]
+    return SimilarityMap(clip_similarity(queries, videos, mode), np.arange(len(clips)), clip_names, clip_names,
+                         "audio", "clips (video)", w)
+
+
+def plot_similarity_map(smap: SimilarityMap, path: str | os.PathLike, title: str | None = None) -> Path:
+    return plot_similarity(smap.similarity, path, title=title, query_label=smap.query_label,
+                           item_label=smap.item_label, targets=smap.targets, query_names=smap.query_names,
+                           item_names=smap.item_names)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vatt.configs import input_spec
+from vatt.data.classification import ClassificationDataset
 from vatt.finetune.config import ConfigError, DataConfig
 
 
@@ -37,17 +39,15 @@ def resolve_modality(data: DataConfig, model_config: Any) -> str:
 
 
 def input_sizes(data: DataConfig, model_config: Any) -> InputSizes:
-    """Clip sizes: the data section's, where 0 means what the model's positional tables were made for."""
-    from vatt.embed import clip_spec
-
+    """Clip sizes: the data section's, where 0 means what the model was made for (`vatt.configs.input_spec`)."""
     modality = resolve_modality(data, model_config)
-    spec = clip_spec(model_config, data.fps)
+    spec = input_spec(model_config, data.fps, num_frames=data.num_frames, size=data.frame_size,
+                      audio_samples=data.audio_samples, sample_rate=data.sample_rate)
     if modality == "audio":
-        return InputSizes("audio", None, None, data.fps, data.audio_samples or spec.audio_samples,
-                          data.sample_rate or spec.sample_rate, None, data.audio_stride)
+        return InputSizes("audio", None, None, data.fps, spec.audio_samples, spec.sample_rate, None, data.audio_stride)
     image_frames = data.image_frames or model_config.video.temporal_patch_size
-    return InputSizes(modality, data.num_frames or spec.num_frames, data.frame_size or spec.size, data.fps, None,
-                      None, image_frames if modality == "image" else None)
+    return InputSizes(modality, spec.num_frames, spec.size, data.fps, None, None,
+                      image_frames if modality == "image" else None)
 
 
 def _kwargs(sizes: InputSizes, data: DataConfig, train: bool, seed: int) -> dict[str, Any]:
@@ -64,8 +64,6 @@ def _kwargs(sizes: InputSizes, data: DataConfig, train: bool, seed: int) -> dict
 
 def build_datasets(data: DataConfig, model_config: Any, seed: int = 0):
     """(train dataset, validation dataset or None, class names, multi_label) for the data section."""
-    from vatt.data.classification import ClassificationDataset
-
     if not data.train:
         raise ConfigError("data.train is empty: name the training data (a CSV, a class folder or a split file)")
     sizes = input_sizes(data, model_config)

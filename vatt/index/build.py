@@ -30,11 +30,12 @@ from torch import nn
 from vatt.data import decoding
 from vatt.data.errors import MediaError
 from vatt.distributed import get_rank, get_world_size, is_distributed
+from vatt.configs import DEFAULT_FPS, input_spec
 from vatt.data.manifest import list_media
-from vatt.embed import DEFAULT_FPS, clip_spec, forward_modality
 from vatt.index import store
 from vatt.index.ann import build_ann, remove_ann
 from vatt.index.windows import Segment, SegmentDataset, plan_segments
+from vatt.inference import evaluating, forward_windows
 
 Progress = Callable[[int, int], None]
 
@@ -68,13 +69,13 @@ def audio_to_vt(model: nn.Module, audio_va: torch.Tensor) -> torch.Tensor:
     """Audio's va embedding through the FAC head's va->vt projection (the video path's coarse step), for
     text->sound search. The head was trained on video va only; how well this works is measured, not assumed."""
     head = model.head
-    with torch.inference_mode():
+    with evaluating(model):
         x = audio_va.to(next(head.parameters()).device)
         return head.va_to_vt_bn(head.va_to_vt(F.relu(x))).float().cpu()
 
 
 def protocol(model: nn.Module, stride_s: float | None, fps: float) -> dict:
-    spec = clip_spec(model, fps)
+    spec = input_spec(model, fps)
     clip_s = spec.video_seconds or spec.audio_seconds
     stride = clip_s / 2 if stride_s is None else float(stride_s)
     if not stride > 0:
@@ -150,7 +151,9 @@ def prepare(index_dir: Path, model_info: dict, proto: dict, paths: list[str], re
 
 
 class _Runner:
-    """Runs the model over the windows of decoded segments, `batch_size` windows at a time."""
+    """Runs the model over the windows of decoded segments, `batch_size` windows at a time
+    (`vatt.inference.forward_windows`); a batch runs once the pending segments hold `batch_size` windows
+    of either modality, video and audio together, so a segment's rows are complete when it comes back."""
 
     def __init__(self, model: nn.Module, batch_size: int, precision: str):
         self.model, self.batch_size, self.precision = model, batch_size, precision
@@ -166,12 +169,8 @@ class _Runner:
         items = [i for i in self.pending if i[key] is not None]
         if not items:
             return
-        x = torch.cat([i[key] for i in items])
-        outs: dict[str, list] = {}
-        for lo in range(0, x.shape[0], self.batch_size):
-            for k, v in forward_modality(self.model, modality, x[lo:lo + self.batch_size], self.precision).items():
-                outs.setdefault(k, []).append(v)
-        cat = {k: torch.cat(v) for k, v in outs.items()}
+        cat = forward_windows(self.model, modality, torch.cat([i[key] for i in items]), self.batch_size,
+                              self.precision)
         if modality == "audio":
             cat["vt"] = audio_to_vt(self.model, cat["va"])
         row = 0
@@ -226,7 +225,7 @@ def build_index(model: nn.Module, inputs: Sequence[str | os.PathLike], index_dir
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
     rank, world = get_rank(), get_world_size()
-    spec = clip_spec(model, fps)
+    spec = input_spec(model, fps)
     proto = protocol(model, stride_s, fps)
     model_info = {"path": os.path.abspath(model_path) if model_path else None,
                   "fingerprint": store.model_fingerprint(model), "kind": model.config.kind}
@@ -299,23 +298,18 @@ def build_index(model: nn.Module, inputs: Sequence[str | os.PathLike], index_dir
                     commit()
 
     runner = _Runner(model, batch_size, precision)
-    was_training = model.training
-    model.eval()
-    try:
-        loader = torch.utils.data.DataLoader(SegmentDataset(segments, spec), batch_size=None, num_workers=num_workers)
-        for item in loader:
-            seg = segments[item["segment"]]
-            if item["error"] is not None:
-                e = item["error"]
-                new_errors[seg.path] = errors[seg.path] = {**keys[seg.path], "reason": e.reason, "message": str(e)}
-                file_rows.pop(seg.path, None)
-                runner.pending = [i for i in runner.pending if segments[i["segment"]].path != seg.path]
-                continue
-            finish(runner.add(item))
-        finish(runner.flush())
-        commit(final=True)
-    finally:
-        model.train(was_training)
+    loader = torch.utils.data.DataLoader(SegmentDataset(segments, spec), batch_size=None, num_workers=num_workers)
+    for item in loader:
+        seg = segments[item["segment"]]
+        if item["error"] is not None:
+            e = item["error"]
+            new_errors[seg.path] = errors[seg.path] = {**keys[seg.path], "reason": e.reason, "message": str(e)}
+            file_rows.pop(seg.path, None)
+            runner.pending = [i for i in runner.pending if segments[i["segment"]].path != seg.path]
+            continue
+        finish(runner.add(item))
+    finish(runner.flush())
+    commit(final=True)
 
     report.errors = new_errors
     report.embedded_files = done_files

@@ -31,11 +31,13 @@ import numpy as np
 from torch import nn
 
 from vatt.checkpoint.io import load
+from vatt.configs import input_spec
 from vatt.data import decoding, transforms
 from vatt.data.text import WordTokenizer
-from vatt.embed import clip_spec, embed_audio, embed_text, forward_modality
+from vatt.embed import embed_audio, embed_text
 from vatt.index import store
 from vatt.index.ann import load_ann
+from vatt.inference import forward_modality
 
 SPACES = {("text", "video"): ("vt", "video_vt"), ("text", "audio"): ("vt", "audio_vt"),
           ("audio", "video"): ("va", "video_va"), ("audio", "audio"): ("va", "audio_va"),
@@ -195,7 +197,7 @@ class Index:
             return "text", embed_text(model, [text]).vt[0].numpy()
         if audio is not None:
             return "audio", embed_audio(model, [os.fspath(audio)]).va[0].numpy()
-        spec = clip_spec(model, self.manifest["protocol"]["fps"])
+        spec = input_spec(model, self.manifest["protocol"]["fps"])
         path = os.fspath(video)
         if video_start_s is None:
             info = decoding.probe(path)
@@ -203,7 +205,7 @@ class Index:
         clip = decoding.decode_clip(path, float(video_start_s), spec.num_frames, spec.fps, decode_audio=False,
                                     audio_samples=0)
         x = transforms.eval_video_transform(clip.frames, spec.size)[None]
-        return "video", forward_modality(model.eval(), "video", x)["va"][0].numpy()
+        return "video", forward_modality(model, "video", x)["va"][0].numpy()
 
     @property
     def ann(self) -> dict:

@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vatt.atomic import write_bytes
+from vatt.atomic import write_bytes, write_json
 
 FORMAT = "vatt-index"
 VERSION = 1
@@ -65,13 +65,9 @@ EMBEDDING_COLUMNS = ("video_va", "video_vt", "video_features", "audio_va", "audi
 _JOURNAL = re.compile(r"^journal-r(\d+)\.json$")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` through `vatt.atomic` (a failed write raises `WriteFailed`, nothing partial)."""
-    write_bytes(path, data, what="index")
-
-
-def atomic_write_json(path: Path, record: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+def _write_json(path: Path, record: Any) -> None:
+    # Through `vatt.atomic`: a failed write raises `WriteFailed` and leaves the previous file, never a partial one.
+    write_json(path, record, what="index", indent=1, sort_keys=True)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -122,7 +118,7 @@ def update_counts(manifest: dict, index_dir: Path) -> None:
 
 def write_manifest(index_dir: Path, manifest: dict) -> None:
     update_counts(manifest, index_dir)
-    atomic_write_json(Path(index_dir) / MANIFEST, manifest)
+    _write_json(Path(index_dir) / MANIFEST, manifest)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,7 +141,7 @@ class Journal:
             self.record["shards"][shard] = {"rows": rows, "files": sorted(files)}
         self.record["files"].update(files)
         self.record["errors"].update(errors)
-        atomic_write_json(self.path, self.record)
+        _write_json(self.path, self.record)
 
 
 def merge_journals(index_dir: Path, manifest: dict) -> bool:

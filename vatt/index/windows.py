@@ -1,7 +1,7 @@
 """Sliding windows over whole files, decoded a stretch at a time in DataLoader workers.
 
-A file is cut into windows of the model's clip length (`ClipSpec`: e.g. 32 frames at 10 fps = 3.2 s)
-starting every `stride_s` seconds, on the frame grid (a start is a whole number of frames), plus a last
+A file is cut into windows of the model's clip length (`vatt.configs.InputSpec`: e.g. 32 frames at 10 fps
+= 3.2 s) starting every `stride_s` seconds, on the frame grid (a start is a whole number of frames), plus a last
 window that ends at the end of the file so the tail is covered. A file shorter than one clip gives one
 window at 0 whose frames are looped and audio repeated, as `vatt.embed` pads short files.
 
@@ -24,7 +24,7 @@ from PIL import Image
 
 from vatt.data import decoding, transforms
 from vatt.data.errors import MediaError
-from vatt.embed import ClipSpec
+from vatt.configs import InputSpec
 
 THUMBNAIL_HEIGHT = 96
 
@@ -63,7 +63,7 @@ class Segment:
     audio_end_s: float | None  # where the file's audio ends (for padding windows past it)
 
 
-def plan_segments(file: int, path: str, info: decoding.MediaInfo, spec: ClipSpec, stride_s: float,
+def plan_segments(file: int, path: str, info: decoding.MediaInfo, spec: InputSpec, stride_s: float,
                   can_video: bool, can_audio: bool, windows_per_segment: int = 16) -> list[Segment]:
     has_video = can_video and info.has_video
     has_audio = can_audio and info.has_audio
@@ -108,7 +108,7 @@ class SegmentDataset(torch.utils.data.Dataset):
     """Item i: segment i decoded -> {"video": [W, T, S, S, 3] in [-1, 1] or None, "audio": [W, N] or None,
     "audio_mask": [W], "thumbnails": [bytes] or None, "error": MediaError or None}."""
 
-    def __init__(self, segments: list[Segment], spec: ClipSpec):
+    def __init__(self, segments: list[Segment], spec: InputSpec):
         self.segments, self.spec = segments, spec
 
     def __len__(self) -> int:

@@ -2,6 +2,8 @@
 
 Both pre-training models run on any subset of modalities (video only, audio only, text only, any pair)
 and return a `VATTOutput`: each backbone's pooled and token features and the common-space embeddings.
+The embedding API of files and captions (`model.embed_video(...)`) sits above the model, in `vatt.embed`,
+which binds it to the models `vatt.load` and `vatt.build_model` return: nothing here imports it.
 """
 from __future__ import annotations
 
@@ -48,21 +50,6 @@ class _MultimodalModel(nn.Module):
             out.text = self.backbone(flatten_captions(text), "text")
             out.text_vt = self.head.text(out.text.features_pooled)
         return out
-
-    def embed_video(self, videos, **kwargs):
-        """Pooled features and va/vt embeddings of video files or a `[B, T, H, W, 3]` tensor (`vatt.embed`)."""
-        from vatt.embed import embed_video
-        return embed_video(self, videos, **kwargs)
-
-    def embed_audio(self, audio, **kwargs):
-        """Pooled features and va embeddings of audio/video files or a `[B, N]` waveform tensor (`vatt.embed`)."""
-        from vatt.embed import embed_audio
-        return embed_audio(self, audio, **kwargs)
-
-    def embed_text(self, captions, **kwargs):
-        """Pooled features and vt embeddings of captions, tokenized with `self.tokenizer` (`vatt.embed`)."""
-        from vatt.embed import embed_text
-        return embed_text(self, captions, **kwargs)
 
 
 class VATT(_MultimodalModel):

@@ -11,19 +11,20 @@ from typing import Any, Iterator
 from braceexpand import braceexpand
 from torch.utils.data import Dataset
 
+from vatt.configs import input_spec
 from vatt.data.manifest import read_manifest, row_matches
 from vatt.data.pretraining import PretrainDataset
 from vatt.data.shards import ShardDataset, iter_tar_samples, list_shards
 from vatt.data.text import WordTokenizer
-from vatt.embed import clip_spec
 
 
 def sample_settings(data_cfg: Any, model_config: Any) -> dict[str, Any]:
-    """`PretrainSampleConfig` fields from the data section; 0 means "what the model was made for"."""
-    spec = clip_spec(model_config)
-    return {"num_frames": data_cfg.num_frames or spec.num_frames, "size": data_cfg.frame_size or spec.size,
-            "audio_samples": data_cfg.audio_samples or spec.audio_samples,
-            "sample_rate": data_cfg.sample_rate or spec.sample_rate, "fps": data_cfg.fps,
+    """`PretrainSampleConfig` fields from the data section; 0 means "what the model was made for"
+    (`vatt.configs.input_spec`)."""
+    spec = input_spec(model_config, data_cfg.fps, num_frames=data_cfg.num_frames, size=data_cfg.frame_size,
+                      audio_samples=data_cfg.audio_samples, sample_rate=data_cfg.sample_rate)
+    return {"num_frames": spec.num_frames, "size": spec.size, "audio_samples": spec.audio_samples,
+            "sample_rate": spec.sample_rate, "fps": data_cfg.fps,
             "max_context_sentences": data_cfg.max_context_sentences, "scale_jitter_prob": data_cfg.scale_jitter_prob,
             "flip_prob": data_cfg.flip_prob, "color_prob": data_cfg.color_prob, "audio_noise": data_cfg.audio_noise}
 

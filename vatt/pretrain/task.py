@@ -26,11 +26,12 @@ from vatt.engine import checkpoint as ckpt
 from vatt.engine.loop import Task, TrainingDiverged, TrainResult, train
 from vatt.engine.parallel import convert_batchnorm
 from vatt.engine.progress import Callback
+from vatt.eval.retrieval import heldout_retrieval
+from vatt.inference import embed_clips
 from vatt.losses import AsymmetricNCE
 from vatt.model.factory import build_model
 from vatt.pretrain.config import PretrainConfig
 from vatt.pretrain.data import build_dataset, build_tokenizer
-from vatt.pretrain.evaluation import embed_clips, zero_shot_retrieval
 
 __all__ = ["pretrain", "PretrainTask", "PretrainResult", "TrainingDiverged", "format_heldout"]
 
@@ -131,7 +132,7 @@ class PretrainTask(Task):
                             collate_fn=trainer.collate_fn, num_workers=self.cfg.data.num_workers)
         embeddings = embed_clips(trainer.raw_model, loader, trainer.env.device, trainer.amp_dtype)
         trainer.model.train()
-        return zero_shot_retrieval(embeddings)
+        return heldout_retrieval(embeddings)
 
 
 def format_heldout(metrics: dict[str, float]) -> str:

@@ -2,7 +2,7 @@
 
 Runs the real `tx_fac_tiny` model on synthetic clips (the media pipeline has its own tests) so that a
 step takes a fraction of a second. This file is also the worker script of the torchrun test
-(`python -m torch.distributed.run ... tests/test_pretrain_loop.py OUT_DIR [--set ...]`).
+(`python -m torch.distributed.run ... tests/test_pretrain_task.py OUT_DIR [--set ...]`).
 """
 from __future__ import annotations
 
