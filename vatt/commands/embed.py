@@ -20,14 +20,8 @@ from pathlib import Path
 
 from vatt.atomic import write_json
 from vatt.checkpoint.io import load_model
-from vatt.commands.arguments import (
-    add_fps_argument,
-    add_media_arguments,
-    add_run_arguments,
-    media_error,
-    parse_where,
-    table,
-)
+from vatt.commands.arguments import (add_fps_argument, add_media_arguments, add_run_arguments, media_error, parse_where,
+                                     table)
 from vatt.data.errors import MediaError
 from vatt.data.manifest import format_left_out, list_media
 from vatt.embed import embed_entries

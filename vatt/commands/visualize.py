@@ -20,26 +20,14 @@ from typing import Any
 
 from vatt.atomic import write_json
 from vatt.checkpoint.io import load_model
-from vatt.commands.arguments import (
-    add_fps_argument,
-    add_media_arguments,
-    add_run_arguments,
-    parse_where,
-    run_subcommand,
-    table,
-)
+from vatt.commands.arguments import (add_fps_argument, add_media_arguments, add_run_arguments, parse_where,
+                                     run_subcommand, table)
 from vatt.data.manifest import format_left_out, list_media, read_manifest_entries
 from vatt.embed import embed_entries
 from vatt.embedding_files import embedding_arrays, read_embedding_rows, read_embeddings
 from vatt.engine.progress import ConsoleProgress
-from vatt.eval.visualize import (
-    PROJECTIONS,
-    class_folder_entries,
-    feature_points,
-    plot_feature_maps,
-    plot_similarity_map,
-    similarity_map,
-)
+from vatt.eval.visualize import (PROJECTIONS, class_folder_entries, feature_points, plot_feature_maps,
+                                 plot_similarity_map, similarity_map)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,16 +21,8 @@ from typing import Any
 import torch
 
 from vatt.data import decoding, transforms
-from vatt.data.manifest import (
-    AUDIO_EXTENSIONS,
-    IMAGE_EXTENSIONS,
-    VIDEO_EXTENSIONS,
-    format_left_out,
-    parse_seconds,
-    read_records,
-    row_matches,
-    scan_reason,
-)
+from vatt.data.manifest import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, format_left_out, parse_seconds,
+                                read_records, row_matches, scan_reason)
 from vatt.data.sampling import SkippingDataset
 
 log = logging.getLogger(__name__)
