@@ -97,6 +97,41 @@ def test_keras_adam_resumes_from_its_step_counter():
     assert float(opt.state[w]["step"]) == 2
 
 
+def test_keras_adam_fused_kernel_and_written_out_update_agree():
+    # The fused path (one t per group) against the parameter-by-parameter one, on the same float32 tensors.
+    torch.manual_seed(0)
+    init = [torch.randn(300, 7), torch.randn(11), torch.randn(5, 5, 3)]
+    grads = [[torch.randn_like(t) * 10 ** -k for t in init] for k in (0, 3, 6, 2)]  # some near ε
+    fused, plain = [nn.Parameter(t.clone()) for t in init], [nn.Parameter(t.clone()) for t in init]
+    opt_f, opt_p = KerasAdam(fused, lr=1e-2), KerasAdam(plain, lr=1e-2)
+    for step_grads in grads:
+        for ps in (fused, plain):
+            for p, g in zip(ps, step_grads):
+                p.grad = g.clone()
+        opt_f.step()
+        with torch.no_grad():
+            for p in plain:
+                opt_p._update(p, p.grad, opt_p.param_groups[0])  # the written-out formula
+        for a, b in zip(fused, plain):
+            torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)
+    assert opt_f.param_groups[0]["one_step_count"]  # it did take the fused path
+
+
+def test_keras_adam_parameter_without_gradient_keeps_its_own_t():
+    # A parameter that misses step 2 has t = 2 at step 3 while the others have t = 3: the group is then
+    # updated parameter by parameter, each with its own counter, as Keras' slots would.
+    a, b = nn.Parameter(torch.zeros((), dtype=torch.float64)), nn.Parameter(torch.zeros((), dtype=torch.float64))
+    opt = KerasAdam([a, b], lr=1e-3)
+    for i, (ga, gb) in enumerate([(0.3, -0.2), (1.0, None), (-0.5, 0.7)]):
+        a.grad = torch.tensor(ga, dtype=torch.float64)
+        b.grad = None if gb is None else torch.tensor(gb, dtype=torch.float64)
+        opt.step()
+    assert float(a) == pytest.approx(keras_adam_closed_form([0.3, 1.0, -0.5], [1e-3] * 3), rel=1e-12)
+    assert float(b) == pytest.approx(keras_adam_closed_form([-0.2, 0.7], [1e-3] * 2), rel=1e-12)
+    assert [float(opt.state[p]["step"]) for p in (a, b)] == [3, 2]
+    assert not opt.param_groups[0]["one_step_count"]
+
+
 def test_keras_sgd_folds_the_rate_into_the_velocity():
     w = torch.nn.Parameter(torch.tensor([1.0]))
     opt = KerasSGD([w], lr=0.1, momentum=0.9)

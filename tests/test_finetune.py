@@ -28,6 +28,7 @@ from vatt.data.sampling import sample_generator
 from vatt.data.sample_data import write_sample_dataset
 from vatt.finetune.config import ConfigError, load_config
 from vatt.eval.classification import classification_metrics, predict
+from tests.conftest import free_port
 from vatt.engine import checkpoint as ckpt
 from vatt.engine.progress import read_metrics
 from vatt.finetune.task import finetune
@@ -388,7 +389,7 @@ NO_DROPOUT = ["model.overrides.classifier_dropout=0", "model.overrides.audio.tra
 
 def _run_worker(out: Path, settings: list[str], *extra: str, nproc: int = 0, **kwargs) -> subprocess.Popen:
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-                str(29600 + os.getpid() % 1000)] if nproc else []
+                str(free_port())] if nproc else []
     return subprocess.Popen([sys.executable, *launcher, __file__, str(out), *[a for s in settings for a in ("--set", s)],
                              *extra], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}, **kwargs)
 

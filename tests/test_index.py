@@ -4,7 +4,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 import vatt
+from tests.conftest import free_port
 from vatt.cli import main
 from vatt.data.sample_data import describe_clip, render_audio, render_video, write_mp4
 from vatt.index import Index, build_index
@@ -253,9 +253,7 @@ def test_a_run_killed_part_way_resumes_with_the_same_rows(random_model, media, t
 
 def test_two_torchrun_processes_give_the_index_of_one(random_model, media, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as s:  # a free port for the rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "vatt", "index", str(random_model), str(media), "--out", str(tmp_path / "two"), "--workers", "0",
            "--shard-windows", "8"]

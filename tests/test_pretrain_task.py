@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vatt.data.sampling import collate, sample_generator
+from tests.conftest import free_port
 from vatt.engine import checkpoint as ckpt
 from vatt.pretrain.config import load_config
 from vatt.pretrain.task import TrainingDiverged, pretrain
@@ -185,7 +186,8 @@ def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
     with open(log, "w") as stderr:
         proc = subprocess.Popen([sys.executable, __file__, str(out), "--hang-at", "7", "--marker", str(marker),
                                  *[a for s in settings for a in ("--set", s)]], cwd=ROOT, start_new_session=True,
-                                stdout=stderr, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                stdout=stderr, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     try:
         deadline = time.time() + 300
         while not marker.exists():
@@ -209,9 +211,9 @@ def test_two_ranks_match_one_process(tmp_path, parallel):
     single, double = tmp_path / "one", tmp_path / "two"
     settings = ["optim.total_steps=4", "checkpoint.every_steps=0", f"run.parallel={parallel}", *DETERMINISTIC]
     pretrain(tiny_config(single, *settings), train_dataset=SynthClips(32), collate_fn=collate)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # the worker imports tests.conftest
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(29500 + os.getpid() % 1000), __file__, str(double),
+                           "--master_port", str(free_port()), __file__, str(double),
                            *[a for s in settings for a in ("--set", s)]],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -29,6 +29,7 @@ import math
 
 import torch
 from torch import nn
+from torch.optim.adam import adam as functional_adam
 
 from vatt.engine.config import OptimConfig
 
@@ -72,26 +73,76 @@ class _KerasOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
 
-class KerasAdam(_KerasOptimizer):
+class KerasAdam(torch.optim.Optimizer):
     """Adam as Keras computes it (see the module docstring), without weight decay.
 
     The state of each parameter has torch Adam's names -- `step` (the Keras `iterations` after this
     parameter's last update), `exp_avg` (m), `exp_avg_sq` (v) -- so that the Keras slots of an official
     checkpoint convert one to one (`vatt.checkpoint.optimizer_state`).
+
+    Speed: torch's fused Adam kernel makes one pass over each tensor where the update written out takes five
+    (a tenth of a CPU pre-training step). It adds its ε to √v / √(1-β2^t); with ε' = ε / √(1-β2^t) that is
+    (√v + ε) / √(1-β2^t), the Keras denominator, so the kernel computes the Keras update (up to float
+    rounding). ε' depends on t, which is one number for a group only while every parameter of the group has
+    been updated at every step: a group where a parameter once had no gradient, or one of DTensors (FSDP),
+    is updated parameter by parameter with the formula written out.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-7):
         if lr < 0 or eps < 0 or not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"invalid Adam settings: lr={lr}, betas={betas}, eps={eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+        self._checked = False  # whether the step counters (of loaded state) were found equal within each group
 
-    def update(self, p: torch.Tensor, g: torch.Tensor, group: dict) -> None:
-        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._checked = False
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not self._checked:
+            for group in self.param_groups:
+                steps = {float(self.state[p]["step"]) for p in group["params"] if self.state[p]}
+                group["one_step_count"] = len(steps) <= 1 and all(
+                    bool(self.state[p]) == bool(steps) for p in group["params"])
+            self._checked = True
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if len(params) < len(group["params"]):
+                group["one_step_count"] = False  # from now on the parameters' t differ
+            if group["one_step_count"] and _fusable(params):
+                self._fused_update(group, params)
+            else:
+                for p in params:
+                    self._update(p, p.grad, group)
+        return loss
+
+    def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
         if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _fused_update(self, group: dict, params: list[torch.Tensor]) -> None:
+        (beta1, beta2), eps = group["betas"], group["eps"]
+        states = [self._state(p) for p in params]
+        t = float(states[0]["step"]) + 1  # the kernel adds the 1 to every counter itself
+        functional_adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                        [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], fused=True,
+                        amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=0.0,
+                        eps=eps / math.sqrt(1.0 - beta2**t), maximize=False)
+
+    def _update(self, p: torch.Tensor, g: torch.Tensor, group: dict) -> None:
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        state = self._state(p)
         state["step"] += 1
         t = float(state["step"])
         m, v = state["exp_avg"], state["exp_avg_sq"]
@@ -99,6 +150,13 @@ class KerasAdam(_KerasOptimizer):
         v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
         step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
         p.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
+
+
+def _fusable(params: list[torch.Tensor]) -> bool:
+    """torch's fused Adam takes plain CPU / CUDA float tensors of one device (not FSDP's DTensors)."""
+    device = params[0].device
+    return all(type(p) in (torch.Tensor, nn.Parameter) and p.device == device and p.dtype.is_floating_point
+               and device.type in ("cpu", "cuda") for p in params)
 
 
 class KerasSGD(_KerasOptimizer):
