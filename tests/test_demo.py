@@ -1,7 +1,6 @@
 """vatt.demo: the whole demo on a handful of clips (its learning is checked by running `vatt demo`)."""
 import json
 
-
 from vatt.data.manifest import read_manifest
 from vatt.demo import METRICS, DemoConfig, format_table, paraphrases, run_demo
 
