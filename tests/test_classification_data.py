@@ -1,7 +1,6 @@
 """vatt.data.classification: labelled video, audio and image datasets and the layouts they are read from."""
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -14,19 +13,8 @@ from tests.conftest import shared_path
 from tests.test_decoding import write_wav
 from vatt.data.classification import ClassificationDataset, LabeledItem
 from vatt.data.errors import MediaError
-from vatt.data.sample_data import CLASSES, write_mp4, write_sample_dataset
-
-
-def _rows(manifest: Path) -> list[dict]:
-    with open(manifest, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sample")
-    write_sample_dataset(out, num_clips=10, seed=0)
-    return out
+from vatt.data.sample_data import CLASSES, write_mp4
+from tests.conftest import manifest_rows
 
 
 def _write_wav(path: Path, seconds: float = 1.0, rate: int = 8000, freq: float = 440.0) -> None:
@@ -37,7 +25,7 @@ CLS = dict(num_frames=4, fps=2.5, size=32)
 
 
 def test_from_csv_with_split_column_and_class_file(sample_dir):
-    rows = _rows(sample_dir / "manifest.csv")
+    rows = manifest_rows(sample_dir / "manifest.csv")
     ds = ClassificationDataset.from_csv(sample_dir / "manifest.csv", path_column="video", label_column="label",
                                         classes=sample_dir / "labels.txt", where={"split": "train"}, **CLS)
     assert ds.classes == list(CLASSES) and len(ds) == 8
@@ -59,7 +47,7 @@ def test_eval_views(sample_dir):
 
 
 def test_from_folder_and_official_split_files(tmp_path, sample_dir):
-    rows = _rows(sample_dir / "manifest.csv")
+    rows = manifest_rows(sample_dir / "manifest.csv")
     root = tmp_path / "videos"
     for r in rows[:6]:
         folder = root / r["label"].replace(" ", "_")
@@ -150,7 +138,7 @@ def test_fsdd_audio_split():
     train = ClassificationDataset.from_csv(root / "labels.csv", where={"split": "train"}, **common)
     test = ClassificationDataset.from_csv(root / "labels.csv", where={"split": "test"}, train=False,
                                           num_windows=1, **common)
-    splits = [r["split"] for r in _rows(root / "labels.csv")]
+    splits = [r["split"] for r in manifest_rows(root / "labels.csv")]
     assert (len(train), len(test)) == (splits.count("train"), splits.count("test")) == (2700, 300)
     assert train.classes == [str(d) for d in range(10)]
     s = test[0]

@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +26,11 @@ from vatt.data.sampling import sample_generator
 from vatt.data.sample_data import write_sample_dataset
 from vatt.finetune.config import ConfigError, load_config
 from vatt.eval.classification import classification_metrics, predict
-from tests.conftest import free_port
+from tests.conftest import free_port, kill_when_marked, worker_args
 from vatt.engine import checkpoint as ckpt
 from vatt.engine.progress import read_metrics
 from vatt.finetune.task import finetune
 from vatt.finetune.weights import init_classifier
-from tests.test_pretrain_task import _Hang
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -429,15 +426,7 @@ def test_killed_run_resumes_on_the_same_losses(tmp_path):
     with open(log, "w") as stderr:
         proc = _run_worker(out, settings, "--hang-at", "6", "--marker", str(marker), start_new_session=True,
                            stdout=stderr, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            assert proc.poll() is None, f"the run to be killed ended early:\n{log.read_text()[-3000:]}"
-            assert time.time() < deadline, f"the run to be killed never reached step 6:\n{log.read_text()[-3000:]}"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the run and its DataLoader workers
-        proc.wait()
+    kill_when_marked(proc, marker, log)  # the run and its DataLoader workers
     assert ckpt.latest_checkpoint(out / "checkpoints").name == "step_00000004"
 
     result = finetune(_config(out, *settings), resume=True, train_dataset=SynthTones(), val_dataset=None)
@@ -447,15 +436,8 @@ def test_killed_run_resumes_on_the_same_losses(tmp_path):
 
 
 def _worker_main() -> None:
-    import argparse
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out")
-    parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--hang-at", type=int, default=0)
-    parser.add_argument("--marker", default="")
-    args = parser.parse_args()
-    callbacks = [_Hang(args.hang_at, args.marker)] if args.hang_at else []
-    finetune(_config(Path(args.out), *args.set), train_dataset=SynthTones(), val_dataset=None, callbacks=callbacks)
+    out, overrides, callbacks = worker_args()
+    finetune(_config(out, *overrides), train_dataset=SynthTones(), val_dataset=None, callbacks=callbacks)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vatt.data.sampling import collate, sample_generator
-from tests.conftest import free_port
+from tests.conftest import free_port, kill_when_marked, worker_args
 from vatt.engine import checkpoint as ckpt
 from vatt.pretrain.config import load_config
 from vatt.pretrain.task import TrainingDiverged, pretrain
@@ -164,18 +162,6 @@ def test_too_many_bad_steps_stop_with_last_good_checkpoint(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-class _Hang(Callback):
-    """Marks that step `at` is done, then blocks, so the test can SIGKILL the process mid-run."""
-
-    def __init__(self, at: int, marker: str):
-        self.at, self.marker = at, marker
-
-    def on_step(self, step, metrics):
-        if step == self.at:
-            Path(self.marker).write_text("ready")
-            time.sleep(600)
-
-
 def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
     # bf16 autocast, DropToken and dropout on, 2 DataLoader workers, 12 steps over 3 epochs.
     settings = ["optim.total_steps=12", "checkpoint.every_steps=5", "run.precision=bf16", "data.num_workers=2"]
@@ -188,15 +174,7 @@ def test_killed_run_resumes_on_the_same_loss_curve(tmp_path):
                                  *[a for s in settings for a in ("--set", s)]], cwd=ROOT, start_new_session=True,
                                 stdout=stderr, stderr=subprocess.STDOUT,
                                 env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
-    try:
-        deadline = time.time() + 300
-        while not marker.exists():
-            assert proc.poll() is None, f"the run to be killed ended early:\n{log.read_text()[-3000:]}"
-            assert time.time() < deadline, f"the run to be killed never reached step 7:\n{log.read_text()[-3000:]}"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the run and its DataLoader workers
-        proc.wait()
+    kill_when_marked(proc, marker, log)  # the run and its DataLoader workers
     assert ckpt.latest_checkpoint(out / "checkpoints").name == "step_00000005"
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4, 5, 6]  # step 7 was killed before its record
 
@@ -224,16 +202,8 @@ def test_two_ranks_match_one_process(tmp_path, parallel):
 
 
 def _worker_main() -> None:
-    import argparse
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out")
-    parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--hang-at", type=int, default=0)
-    parser.add_argument("--marker", default="")
-    args = parser.parse_args()
-    callbacks = [_Hang(args.hang_at, args.marker)] if args.hang_at else []
-    pretrain(tiny_config(Path(args.out), *args.set), train_dataset=SynthClips(32), collate_fn=collate,
-             callbacks=callbacks)
+    out, overrides, callbacks = worker_args()
+    pretrain(tiny_config(out, *overrides), train_dataset=SynthClips(32), collate_fn=collate, callbacks=callbacks)
 
 
 if __name__ == "__main__":

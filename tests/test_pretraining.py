@@ -17,29 +17,18 @@ from tests.test_decoding import write_wav
 from vatt.data.errors import MediaError
 from vatt.data.manifest import read_manifest
 from vatt.data.pretraining import PretrainDataset, context_neighbours
-from vatt.data.sample_data import write_mp4, write_sample_dataset
+from vatt.data.sample_data import write_mp4
 from vatt.data.sampling import EpochBatchSampler, SkipCounter, collate
 from vatt.data.text import WordTokenizer
+from tests.conftest import manifest_rows
 
 # Small clips keep the tests fast: 4 frames of 32x32, 1 s of 8 kHz audio.
 SMALL = dict(num_frames=4, fps=2.5, size=32, audio_samples=8000, sample_rate=8000)
 
 
-def _rows(manifest: Path) -> list[dict]:
-    with open(manifest, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sample")
-    write_sample_dataset(out, num_clips=10, seed=0)
-    return out
-
-
 @pytest.fixture(scope="module")
 def tokenizer(sample_dir) -> WordTokenizer:
-    return WordTokenizer.build(r["caption"] for r in _rows(sample_dir / "manifest.csv"))
+    return WordTokenizer.build(r["caption"] for r in manifest_rows(sample_dir / "manifest.csv"))
 
 
 def _write_wav(path: Path, seconds: float = 1.0, rate: int = 8000, freq: float = 440.0) -> None:
@@ -58,7 +47,7 @@ def test_pretrain_sample_layout(sample_dir, tokenizer):
     assert s["video"].min() >= -1.0 and s["video"].max() <= 1.0
     assert s["audio"].shape == (8000,) and s["audio"].dtype == torch.float32
     assert s["text"].shape == (5, 16) and s["text"].dtype == torch.long
-    row = _rows(sample_dir / "manifest.csv")[3]
+    row = manifest_rows(sample_dir / "manifest.csv")[3]
     # One caption per clip and no neighbours: row 0 is the caption, the other 4 are empty (all pad).
     assert torch.equal(s["text"][0], tokenizer.encode([row["caption"]])[0])
     assert (s["text"][1:] == 0).all()

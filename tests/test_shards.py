@@ -20,25 +20,14 @@ from vatt.data.errors import MediaError
 from vatt.data.sample_data import SampleDataConfig, write_sample_dataset
 from vatt.data.shards import ShardDataset, cut_segment, iter_tar_samples, list_shards, write_shards
 from vatt.data.text import WordTokenizer
+from tests.conftest import manifest_rows
 
 SMALL = dict(num_frames=4, fps=2.5, size=32, audio_samples=8000, sample_rate=8000)
 
 
-def _rows(manifest: Path) -> list[dict]:
-    with open(manifest, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sample")
-    write_sample_dataset(out, num_clips=10, seed=0)
-    return out
-
-
 @pytest.fixture(scope="module")
 def tokenizer(sample_dir) -> WordTokenizer:
-    return WordTokenizer.build(r["caption"] for r in _rows(sample_dir / "manifest.csv"))
+    return WordTokenizer.build(r["caption"] for r in manifest_rows(sample_dir / "manifest.csv"))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +47,7 @@ def test_layout_index_and_reproducible_bytes(tmp_path, sample_dir, shard_dir):
         assert tar.getnames() == ["000000000.mp4", "000000000.json", "000000001.mp4", "000000001.json",
                                   "000000002.mp4", "000000002.json"]
     key, files = next(iter_tar_samples(shards[0]))
-    row = _rows(sample_dir / "manifest.csv")[0]
+    row = manifest_rows(sample_dir / "manifest.csv")[0]
     assert files["mp4"] == (sample_dir / row["video"]).read_bytes()  # the original file bytes
     meta = json.loads(files["json"])
     assert meta["captions"] == [row["caption"]] and meta["fields"]["label"] == row["label"]
@@ -108,7 +97,7 @@ def test_shard_members_are_decoded_from_memory(sample_dir, shard_dir, tokenizer,
         monkeypatch.setattr(tempfile, name, no_temp_files)
     samples = list(ShardDataset(shard_dir, tokenizer, train=False, **SMALL))
     assert len(samples) == 10
-    path = sample_dir / _rows(sample_dir / "manifest.csv")[0]["video"]
+    path = sample_dir / manifest_rows(sample_dir / "manifest.csv")[0]["video"]
     from_file = decoding.decode_clip(path, 0.5, 4, 2.5, 8000, 8000)
     in_memory = decoding.MediaBytes("member.mp4", path.read_bytes())
     from_bytes = decoding.decode_clip(in_memory, 0.5, 4, 2.5, 8000, 8000)
@@ -174,7 +163,7 @@ def test_cut_segments_of_a_long_file(tmp_path, tokenizer):
 
 
 def test_bad_files_are_left_out_and_counted(tmp_path, sample_dir):
-    good = _rows(sample_dir / "manifest.csv")[0]["video"]
+    good = manifest_rows(sample_dir / "manifest.csv")[0]["video"]
     (tmp_path / "zero.mp4").write_bytes(b"")
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"video,caption\n{sample_dir / good},a red ball\nzero.mp4,x\nmissing.mp4,y\n")
@@ -185,7 +174,7 @@ def test_bad_files_are_left_out_and_counted(tmp_path, sample_dir):
 
 
 def test_stream_skips_bad_samples_and_damaged_shards(tmp_path, sample_dir, shard_dir, tokenizer):
-    rows = _rows(sample_dir / "manifest.csv")
+    rows = manifest_rows(sample_dir / "manifest.csv")
     manifest = tmp_path / "m.csv"
     with open(manifest, "w", newline="") as f:
         w = csv.writer(f)
@@ -229,7 +218,7 @@ def test_shards_carry_a_vocabulary_that_pretraining_reads(tmp_path, sample_dir, 
     out = tmp_path / "shards"
     write_shards(sample_dir / "manifest.csv", out, max_count=4, where={"split": "train"})
     beside = WordTokenizer.from_vocab_file(out / "vocab.txt")
-    captions = [r["caption"] for r in _rows(sample_dir / "manifest.csv") if r["split"] == "train"]
+    captions = [r["caption"] for r in manifest_rows(sample_dir / "manifest.csv") if r["split"] == "train"]
     assert beside.word_to_id == WordTokenizer.build(captions).word_to_id
     assert sorted(iter_captions(str(out))) == sorted(captions)  # the shards' own captions
     # `vatt vocab` builds the same from the manifest (rows selected) or from the shards

@@ -54,15 +54,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
 
 
+def _evaluate(closure) -> torch.Tensor | None:
+    """The loss of an optimiser's `step(closure)` (torch's convention: the closure recomputes it with grad)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class _KerasOptimizer(torch.optim.Optimizer):
     """The loop of a per-parameter update, as `tf.keras` optimisers apply it; subclasses give `update`."""
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
@@ -100,10 +105,7 @@ class KerasAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         if not self._checked:
             for group in self.param_groups:
                 steps = {float(self.state[p]["step"]) for p in group["params"] if self.state[p]}
