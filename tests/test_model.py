@@ -411,3 +411,17 @@ def test_grouped_attention_with_dropout_matches_the_unfused_computation(monkeypa
         torch.manual_seed(6)
         low = attention.dropped_attention(q, k, v, 0.2, 0.25)
     assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), reference, atol=0.05)
+
+
+def test_torch_compile_traces_the_model_in_one_graph():
+    # `model.compile: true` and the GPU pass compile the model: in eval mode it must be one graph (the word-id
+    # range check reads ids back, so compiled models skip it); in training on CPU only the numpy dropout
+    # masks stay outside the graph.
+    import torch._dynamo as dynamo
+
+    model = vatt.build_model("tx_fac_tiny").eval()
+    inputs = dict(video=torch.rand(2, 8, 64, 64, 3) * 2 - 1, audio=torch.randn(2, 25600),
+                  text=torch.randint(1, 100, (2, 16)))
+    assert dynamo.explain(model)(**inputs).graph_break_count == 0
+    train = dynamo.explain(model.train())(**inputs)
+    assert train.graph_break_count > 0 and all("keep_mask" in str(b.reason) for b in train.break_reasons)

@@ -29,6 +29,7 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+@torch.compiler.disable  # numpy threads; torch.compile runs it as it is (on CUDA dropout is F.dropout, compiled)
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """Bool CPU tensor, True with probability 1 - p, from torch-seeded PCG64 streams."""
     n = math.prod(shape)

@@ -146,7 +146,10 @@ class WordEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         check_shape("text", ids, "[B, n_words] integer word ids (pad id 0)",
                     ids.dim() == 2 and not torch.is_floating_point(ids))
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.weight.shape[0]):
+        # The range check reads the ids back (a device sync); under torch.compile it would also break the graph,
+        # so compiled models skip it (an id out of range then fails inside the embedding lookup itself).
+        if ids.numel() and not torch.compiler.is_compiling() and (
+                int(ids.min()) < 0 or int(ids.max()) >= self.weight.shape[0]):
             raise ValueError(f"text: word ids must be in [0, {self.weight.shape[0]}), got range "
                              f"[{int(ids.min())}, {int(ids.max())}]")
         return F.embedding(ids, self.weight)
