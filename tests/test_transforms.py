@@ -413,3 +413,11 @@ def test_color_jitter_same_floats_as_the_previous_code_on_real_decoded_clips():
         for seed in range(2):
             new = T.color_jitter(x, torch.Generator().manual_seed(seed), prob=1.0)
             assert torch.equal(new, reference_color_jitter(x, torch.Generator().manual_seed(seed), prob=1.0))
+
+
+def test_color_jitter_in_float64_follows_the_same_steps():
+    # Work planes and constants take the frames' dtype (the device: tests/test_cuda.py).
+    x = _edge_clip(3, 40).double()
+    y = T.color_jitter(x, gen(1), prob=1.0)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, T.color_jitter(x.float(), gen(1), prob=1.0).double(), atol=1e-5, rtol=0)

@@ -316,10 +316,10 @@ def _hue_planes(p: torch.Tensor, delta: float, out: torch.Tensor | None = None,
     spread.mul_(torch.sign(v, out=tmp).clamp_(min=0.0))
     # The three channels in one pass per step, in `p` (r, g, b are no longer needed) and `out`.
     shape = (3,) + (1,) * h.dim()
-    u = torch.add(h, _HUE_OFFSETS.view(shape), out=p)  # u = h + n in [n, n + 6): k = u mod 6 is u or u - 6
+    u = torch.add(h, _HUE_OFFSETS.to(h).view(shape), out=p)  # u = h + n in [n, n + 6): k = u mod 6 is u or u - 6
     out = torch.sub(u, 6.0, out=torch.empty_like(p) if out is None else out).clamp_(0.0, 1.0)  # rising:
     # k = u - 6 >= 0 gives clamp(k, 0, 1). Falling: -u + c is c - u exactly.
-    falling = u.neg_().add_(_HUE_FALLING.view(shape)).clamp_(0.0, 1.0)
+    falling = u.neg_().add_(_HUE_FALLING.to(h).view(shape)).clamp_(0.0, 1.0)
     # Red: u in [5, 11), k = u - 6 >= 0 or the ramp is 0; clamp(min(k, 4 - k)) = clamp(k) * clamp(10 - u), never
     # both strictly inside (0, 1), so exact. Green, blue: u in [1, 9), k = u below 6, falling clamp(4 - u); at
     # most one term is non-zero, so their sum is exact.
