@@ -5,8 +5,9 @@ baseline and as the reference the tests compare values with), timed alternately 
     python bench/color_jitter.py --pairs 8   # quick
 
 The previous implementation computes TF's HSV kernels one frame at a time with bool masks, `torch.where` and
-`torch.remainder`; the current one the same floats two frames at a time with float arithmetic only (see
-the comments in `vatt/data/transforms.py`). Both draw the same parameters from the generator, so for equal
+`torch.remainder`; the current one the same floats two frames at a time with float arithmetic only, every
+step writing into work planes allocated once per clip, and the result written back to interleaved RGB one
+channel at a time (see the comments in `vatt/data/transforms.py`). Both draw the same parameters from the generator, so for equal
 seeds the outputs are compared for equality here too. Times are CPU time per clip (one thread), paired so
 that other load on the machine affects both sides alike.
 """

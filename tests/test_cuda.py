@@ -50,3 +50,13 @@ def test_cuda_dropout_rate():
     y = dropout(torch.ones(1_000_000, device="cuda"), 0.1, True)
     assert abs((y == 0).float().mean().item() - 0.1) < 0.003
     assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
+
+
+def test_color_jitter_runs_on_cuda_frames():
+    # Its work planes and constant tensors follow the frames' device.
+    from vatt.data import transforms
+    x = torch.rand(3, 16, 12, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    cpu = transforms.color_jitter(x, torch.Generator().manual_seed(1), prob=1.0)
+    gpu = transforms.color_jitter(x.cuda(), torch.Generator().manual_seed(1), prob=1.0)
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)

@@ -65,6 +65,18 @@ def test_default_clip_is_the_official_shape(sample_dir, tokenizer):
     assert s["audio"].shape == (153600,)  # 3.2 s at 48 kHz
 
 
+def test_training_samples_are_the_floats_the_previous_colour_jitter_gives(sample_dir, tokenizer, monkeypatch):
+    # color_jitter was rewritten for speed; a training sample (decoded frames, the whole augmentation) must
+    # not change by a bit.
+    from bench.color_jitter import reference_color_jitter
+    from vatt.data import transforms
+    ds = PretrainDataset(sample_dir / "manifest.csv", tokenizer, **dict(SMALL, size=48), color_prob=1.0)
+    new = [ds[i]["video"] for i in range(3)]
+    monkeypatch.setattr(transforms, "color_jitter", reference_color_jitter)
+    for i, video in enumerate(new):
+        assert torch.equal(video, ds[i]["video"])
+
+
 def test_same_key_same_sample_and_epochs_differ(sample_dir, tokenizer):
     ds = PretrainDataset(sample_dir / "manifest.csv", tokenizer, **SMALL)
     a, b, c = ds[(0, 2)], ds[(0, 2)], ds[(1, 2)]

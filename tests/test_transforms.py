@@ -365,3 +365,59 @@ def test_color_jitter_gives_the_same_floats_as_the_previous_implementation():
             new = T.color_jitter(batch, torch.Generator().manual_seed(seed), prob=prob)
             old = reference_color_jitter(batch, torch.Generator().manual_seed(seed), prob=prob)
             assert torch.equal(new, old), f"seed {seed}: max difference {(new - old).abs().max().item():.3g}"
+
+
+def _edge_clip(frames: int, seed: int) -> torch.Tensor:
+    x = torch.rand(frames, 12, 10, 3, generator=gen(seed)) * 2 - 1
+    x[0, :2, :2] = -1.0  # black
+    x[-1, :2, :2] = torch.tensor([0.5, 0.5, -0.3])  # red and green tie at the maximum
+    return x
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 4, 7])
+def test_color_jitter_same_floats_for_clips_around_its_frame_step(frames):
+    # color_jitter works a few frames at a time in reused buffers; a short last step must not mix in
+    # the previous step's values.
+    from bench.color_jitter import reference_color_jitter
+    x = _edge_clip(frames, 20 + frames)
+    for seed in range(3):
+        new = T.color_jitter(x, torch.Generator().manual_seed(seed), prob=1.0)
+        old = reference_color_jitter(x, torch.Generator().manual_seed(seed), prob=1.0)
+        assert torch.equal(new, old)
+
+
+def test_color_jitter_on_0_1_frames_gives_the_previous_floats():
+    # zero_centered=False: the same steps on [0, 1] frames, without the affine maps at both ends.
+    from bench.color_jitter import _reference_hue, _reference_saturation
+    x = (_edge_clip(5, 30) + 1) / 2
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        _, b, s, c, h = (T._uniform(g, 0, 1), T._uniform(g, -32 / 255, 32 / 255), T._uniform(g, 0.6, 1.4),
+                         T._uniform(g, 0.6, 1.4), T._uniform(g, -0.2, 0.2))
+        old = torch.stack([_reference_hue(T._contrast_planes(_reference_saturation(T._planes(f).add_(b), s), c), h)
+                           .clamp_(0.0, 1.0).movedim(0, -1) for f in x])
+        new = T.color_jitter(x, torch.Generator().manual_seed(seed), prob=1.0, zero_centered=False)
+        assert torch.equal(new, old)
+
+
+def test_color_jitter_same_floats_as_the_previous_code_on_real_decoded_clips():
+    # Real pictures (skin, sky, saturated and dark areas), as training feeds them: decoded, resized and
+    # cropped to 224, normalised.
+    from bench.color_jitter import reference_color_jitter
+    from tests.conftest import shared_path
+    from vatt.data.decoding import decode_clip
+    d = shared_path("data", "real-video-clips")
+    for i, name in enumerate(("big_buck_bunny.mp4", "street_bicycles.mp4")):
+        frames = decode_clip(d / name, 1.0, num_frames=3, decode_audio=False).frames
+        x = T.normalize_frames(T.random_crop(T.resize_smallest(frames, 224), gen(i), 224))
+        for seed in range(2):
+            new = T.color_jitter(x, torch.Generator().manual_seed(seed), prob=1.0)
+            assert torch.equal(new, reference_color_jitter(x, torch.Generator().manual_seed(seed), prob=1.0))
+
+
+def test_color_jitter_in_float64_follows_the_same_steps():
+    # Work planes and constants take the frames' dtype (the device: tests/test_cuda.py).
+    x = _edge_clip(3, 40).double()
+    y = T.color_jitter(x, gen(1), prob=1.0)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, T.color_jitter(x.float(), gen(1), prob=1.0).double(), atol=1e-5, rtol=0)

@@ -259,53 +259,83 @@ def _unplanes(p: torch.Tensor) -> torch.Tensor:
     return p.movedim(0, -1).contiguous()  # [3, ...] -> [..., 3]
 
 
-def _saturation_planes(p: torch.Tensor, factor: float) -> torch.Tensor:
+def _scratch(p: torch.Tensor, n: int, scratch: torch.Tensor | None) -> torch.Tensor:
+    # `n` per-pixel work planes [n, ...] for the planes `p` [3, ...]: given (color_jitter reuses one set
+    # for a whole clip) or fresh. Every step below writes into them or into `p`: a fresh tensor per step
+    # is a fresh frame-sized allocation, whose page faults cost more than the arithmetic.
+    if scratch is None:
+        return p.new_empty(n, *p.shape[1:])
+    return scratch[:n]
+
+
+_SATURATION_SCRATCH = 2
+_HUE_SCRATCH = 8
+# Per output channel (R, G, B): n of the HSV -> RGB formula, and c of its falling ramp c - (h + n).
+_HUE_OFFSETS = torch.tensor([5.0, 3.0, 1.0])
+_HUE_FALLING = torch.tensor([10.0, 4.0, 4.0])
+
+
+def _saturation_planes(p: torch.Tensor, factor: float, scratch: torch.Tensor | None = None) -> torch.Tensor:
     # In HSV, channel = v - s * v * w(hue); scaling s by f with s clamped to 1 is therefore
     # channel' = v - (v - channel) * min(f, 1 / s), 1 / s = v / (v - min). v <= 0 means s = 0 in TF's
     # kernel, which returns grey at v: there v / spread <= 0, clamped to a scale of 0. Where spread = 0,
     # v - channel = 0 whatever the (finite) scale. Updates `p` in place; the floats are the formula's,
     # rounding included ((p - v) * scale is -((v - p) * scale) exactly).
-    v = p.amax(dim=0)
-    scale = v.div(torch.sub(v, p.amin(dim=0)).clamp_min_(1e-12)).clamp_(0.0, factor)
-    return torch.add(v, p.sub_(v).mul_(scale))
+    v, scale = _scratch(p, _SATURATION_SCRATCH, scratch)
+    torch.amax(p, dim=0, out=v)
+    torch.sub(v, torch.amin(p, dim=0, out=scale), out=scale).clamp_min_(1e-12)
+    torch.div(v, scale, out=scale).clamp_(0.0, factor)
+    return p.sub_(v).mul_(scale).add_(v)
 
 
-def _hue_planes(p: torch.Tensor, delta: float, out: torch.Tensor | None = None) -> torch.Tensor:
+def _hue_planes(p: torch.Tensor, delta: float, out: torch.Tensor | None = None,
+                scratch: torch.Tensor | None = None) -> torch.Tensor:
     # Float arithmetic only: bool masks, torch.where and torch.remainder are several times slower than a
-    # multiply on CPU. Each step gives the same floats as the textbook form (noted beside it).
+    # multiply on CPU. Each step gives the same floats as the textbook form (noted beside it). Uses `p` as
+    # work space: its values are lost.
     r, g, b = p[0], p[1], p[2]
-    v = p.amax(dim=0)
-    spread = v - p.amin(dim=0)
-    norm = spread.clamp_min(1e-12).mul_(6.0).reciprocal_()
+    v, spread, norm, is_r, is_g, is_b, h, tmp = _scratch(p, _HUE_SCRATCH, scratch)
+    torch.amax(p, dim=0, out=v)
+    torch.sub(v, torch.amin(p, dim=0, out=spread), out=spread)
+    torch.clamp_min(spread, 1e-12, out=norm).mul_(6.0).reciprocal_()
     # Hue in turns: (g - b) / 6s where red is the maximum, (b - r) / 6s + 2/6 where green is (red first), else
-    # (r - g) / 6s + 4/6. The maximum channel as exact 0/1 floats (x - v <= 0, so sign + 1 is 1 at the max);
-    # products with 0/1 and sums with 0 are exact, so h is the same float as the branchy form.
-    is_r = torch.sign(r - v).add_(1.0)
-    not_r = torch.rsub(is_r, 1.0)
-    is_g = torch.sign(g - v).add_(1.0).mul_(not_r)
-    is_b = not_r.sub_(is_g)
-    h = (g - b).mul_(is_r).addcmul_(b - r, is_g).addcmul_(r - g, is_b).mul_(norm)
-    h.add_(is_g.mul_(2.0 / 6.0).add_(is_b, alpha=4.0 / 6.0)).add_(delta)
-    h = h.sub_(h.floor()).mul_(6.0)  # torch.remainder(h, 1.0) (exact either way), in sixths
+    # (r - g) / 6s + 4/6. The maximum channel as exact 0/1 floats (a comparison written straight into a float
+    # tensor: one pass, no bool mask); products with 0/1 and sums with 0 are exact, so h is the same float as the
+    # branchy form.
+    torch.eq(r, v, out=is_r)
+    torch.ne(r, v, out=is_b)  # not red
+    torch.eq(g, v, out=is_g).mul_(is_b)  # green and not red
+    is_b.sub_(is_g)  # neither
+    torch.sub(g, b, out=h).mul_(is_r)
+    h.addcmul_(torch.sub(b, r, out=tmp), is_g).addcmul_(torch.sub(r, g, out=tmp), is_b).mul_(norm)
+    # + 2/6 and + 4/6 one after the other: one of them is + 0 (as is their sum), the other exact.
+    h.add_(is_g, alpha=2.0 / 6.0).add_(is_b, alpha=4.0 / 6.0).add_(delta)
+    h.sub_(torch.floor(h, out=tmp)).mul_(6.0)  # torch.remainder(h, 1.0) (exact either way), in sixths
     # HSV -> RGB: channel n (R=5, G=3, B=1) = v - (s v) clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6;
     # s v = spread. With spread = 0 (grey) the hue is irrelevant. v <= 0 is grey at v in TF.
-    spread.mul_(torch.sign(v).clamp_(min=0.0))
-    out = torch.empty_like(p) if out is None else out
-    for i, n in enumerate((5.0, 3.0, 1.0)):
-        u = h + n  # in [n, n + 6), so k = u mod 6 is u or u - 6 (both exact)
-        rising = torch.sub(u, 6.0).clamp_(0.0, 1.0)  # k = u - 6 >= 0: clamp(k, 0, 1)
-        if n == 5.0:  # k = u - 6 >= 0 or the ramp is 0; clamp(min(k, 4 - k)) = clamp(k) * clamp(10 - u): never
-            w = rising.mul_(torch.rsub(u, 10.0).clamp_(0.0, 1.0))  # both strictly inside (0, 1), so exact
-        else:  # u in [1, 9): k = u below 6, falling clamp(4 - u); at most one term is non-zero, so exact
-            w = rising.add_(torch.rsub(u, 4.0).clamp_(0.0, 1.0))
-        torch.sub(v, w.mul_(spread), out=out[i])
-    return out
+    spread.mul_(torch.sign(v, out=tmp).clamp_(min=0.0))
+    # The three channels in one pass per step, in `p` (r, g, b are no longer needed) and `out`.
+    shape = (3,) + (1,) * h.dim()
+    u = torch.add(h, _HUE_OFFSETS.to(h).view(shape), out=p)  # u = h + n in [n, n + 6): k = u mod 6 is u or u - 6
+    out = torch.sub(u, 6.0, out=torch.empty_like(p) if out is None else out).clamp_(0.0, 1.0)  # rising:
+    # k = u - 6 >= 0 gives clamp(k, 0, 1). Falling: -u + c is c - u exactly.
+    falling = u.neg_().add_(_HUE_FALLING.to(h).view(shape)).clamp_(0.0, 1.0)
+    # Red: u in [5, 11), k = u - 6 >= 0 or the ramp is 0; clamp(min(k, 4 - k)) = clamp(k) * clamp(10 - u), never
+    # both strictly inside (0, 1), so exact. Green, blue: u in [1, 9), k = u below 6, falling clamp(4 - u); at
+    # most one term is non-zero, so their sum is exact.
+    out[0].mul_(falling[0])
+    out[1:].add_(falling[1:])
+    return torch.sub(v, out.mul_(spread), out=out)
 
 
 def _contrast_planes(p: torch.Tensor, factor: float) -> torch.Tensor:
     # Mean per channel and per frame: p is [3, ..., H, W]. Updates `p` in place.
     mean = p.mean(dim=(-2, -1), keepdim=True)
     return p.sub_(mean).mul_(factor).add_(mean)
+
+
+# Frames per step of color_jitter: its planes and work planes then stay in the core's cache.
+_JITTER_FRAMES = 2
 
 
 def adjust_brightness(x: torch.Tensor, delta: float) -> torch.Tensor:
@@ -351,18 +381,31 @@ def color_jitter(x: torch.Tensor, rng: torch.Generator | None, prob: float = 0.8
         if coin >= prob:
             return v
         out = torch.empty_like(v)
-        for t in range(0, v.shape[0], 2):
-            # Two frames at a time: the ~50 elementwise passes then run in cache, and each costs little more
+        frames, step = v.shape[0], _JITTER_FRAMES
+        planes = v.new_empty(3, min(step, frames), *v.shape[1:-1])  # [3, F, H, W], reused for every step
+        scratch = v.new_empty(max(_SATURATION_SCRATCH, _HUE_SCRATCH), *planes.shape[1:])
+        result = torch.empty_like(planes)
+        minus_one = v.new_full((), -1.0)
+        delta = v.new_full((), delta_b)
+        for t in range(0, frames, step):
+            # A few frames at a time: the ~50 elementwise passes then run in cache, and each costs little more
             # than its dispatch. Every step is per frame anyway (contrast's mean included).
-            if zero_centered:  # [F, H, W, 3] -> planes [3, F, H, W] in the same pass as the + 1
-                p = torch.add(v[t:t + 2].movedim(-1, 0), 1.0, out=v.new_empty(3, *v[t:t + 2].shape[:-1])).mul_(0.5)
+            n = min(step, frames - t)
+            p, res, work = planes[:, :n], result[:, :n], scratch[:, :n]
+            src = v[t:t + n].movedim(-1, 0)  # [3, n, H, W] view of interleaved frames
+            if zero_centered:  # (x + 1) / 2 + brightness delta, x read straight from the interleaved frames;
+                # the halving is exact, so 0.5 y + delta is one rounding, as (y * 0.5) + delta
+                torch.add(delta, torch.add(src, 1.0, out=p), alpha=0.5, out=p)
             else:
-                p = _planes(v[t:t + 2])
-            p = _saturation_planes(p.add_(delta_b), f_sat)
-            p = _hue_planes(_contrast_planes(p, f_con), delta_h, out=torch.empty_like(p)).clamp_(0.0, 1.0)
-            if zero_centered:
-                p = p.mul_(2.0).sub_(1.0)
-            out[t:t + 2] = p.movedim(0, -1)
+                p.copy_(src).add_(delta_b)
+            p = _saturation_planes(p, f_sat, work)
+            res = _hue_planes(_contrast_planes(p, f_con), delta_h, out=res, scratch=work).clamp_(0.0, 1.0)
+            dst = out[t:t + n]
+            for c in range(3):  # back to interleaved, one channel at a time (faster than one strided copy)
+                if zero_centered:  # 2 x - 1: the product is exact, so one rounding as in x * 2 - 1
+                    torch.add(minus_one, res[c], alpha=2.0, out=dst[..., c])
+                else:
+                    dst[..., c] = res[c]
         return out
 
     return _per_video(one, x)
