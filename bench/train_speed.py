@@ -61,7 +61,7 @@ class RandomClips(torch.utils.data.Dataset):
 
 def overrides(preset: str, batch: int, steps: int, precision: str, droptoken: bool, out: str) -> list[str]:
     return [f"model.preset={preset}", f"data.batch_size={batch}", "data.num_workers=0", f"optim.total_steps={steps}",
-            "optim.warmup_steps=1", f"run.precision={precision}", f"run.output_dir={out}", "log.every_steps=1",
+            "optim.warmup_steps=0", f"run.precision={precision}", f"run.output_dir={out}", "log.every_steps=1",
             "log.tensorboard=false", "checkpoint.enabled=false"] + ([] if droptoken else NO_DROPTOKEN)
 
 
