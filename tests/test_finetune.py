@@ -233,6 +233,20 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(again[k], final[k], msg=k)
 
 
+def test_a_checkpoint_of_the_earlier_fine_tuning_loop_is_refused_with_what_to_do(tmp_path):
+    extra = ["optim.total_steps=2", "optim.warmup_steps=0", "checkpoint.every_steps=0", "eval.every_steps=0"]
+    finetune(_config(tmp_path / "a", *extra), train_dataset=SynthTones(), val_dataset=None)
+    folder = ckpt.latest_checkpoint(tmp_path / "a" / "checkpoints")
+    state = torch.load(folder / ckpt.TRAIN_STATE, weights_only=False)
+    state.pop("ranks")  # as the earlier loop wrote them: rank 0's RNG and data position only
+    state.update(rng={}, data={"epoch": 0, "batches_in_epoch": 2})
+    torch.save(state, folder / ckpt.TRAIN_STATE)
+    (folder / "manifest.json").unlink()  # the edit above would otherwise be refused as damage
+    with pytest.raises(ValueError, match=r"earlier version of `vatt finetune`.*model\.init_from="):
+        finetune(_config(tmp_path / "a", "optim.total_steps=4", *extra[1:]), resume=True, train_dataset=SynthTones(),
+                 val_dataset=None)
+
+
 def test_backbone_gradients_are_clipped_and_the_classifier_is_not(tmp_path):
     from vatt.distributed import init_distributed
     from vatt.engine.loop import Trainer

@@ -366,6 +366,10 @@ class Trainer:
             log.info("resume: no checkpoint under %s; starting from step 0", self.ckpt_root)
             return
         saved = ckpt.load_train_state(folder)
+        if "ranks" not in saved:  # fine-tuning checkpoints of vatt before the one engine
+            raise ValueError(f"{folder} was written by an earlier version of `vatt finetune`, whose checkpoints this "
+                             f"one cannot continue (they lack every rank's state); start a new run with "
+                             f"model.init_from={folder} to keep its weights")
         options = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self.raw_model, ckpt.load_weights(folder, verify=False), options=options)
         set_optimizer_state_dict(self.raw_model, self.optimizer, saved["optimizer"], options=options)
