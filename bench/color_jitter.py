@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vatt.data.transforms import _contrast_planes, _per_video, _planes, _uniform, color_jitter  # noqa: E402
+from vatt.data.transforms import _contrast_planes, _per_video, _planes, color_jitter, jitter_draws  # noqa: E402
 
 
 def _reference_saturation(p: torch.Tensor, factor: float) -> torch.Tensor:
@@ -58,12 +58,8 @@ def reference_color_jitter(x: torch.Tensor, rng: torch.Generator | None, prob: f
                            contrast: tuple[float, float] = (0.6, 1.4), hue: float = 0.2) -> torch.Tensor:
     """The previous `color_jitter` (frames in [-1, 1]), unchanged but for the in-place contrast helper."""
     def one(v):
-        coin = _uniform(rng, 0.0, 1.0)
-        delta_b = _uniform(rng, -brightness, brightness)
-        f_sat = _uniform(rng, *saturation)
-        f_con = _uniform(rng, *contrast)
-        delta_h = _uniform(rng, -hue, hue)
-        if coin >= prob:
+        applies, delta_b, f_sat, f_con, delta_h = jitter_draws(rng, prob, brightness, saturation, contrast, hue)
+        if not applies:
             return v
         out = torch.empty_like(v)
         for t in range(v.shape[0]):

@@ -358,6 +358,18 @@ def adjust_hue(x: torch.Tensor, delta: float) -> torch.Tensor:
     return _unplanes(_hue_planes(_planes(x), delta))
 
 
+def jitter_draws(rng: torch.Generator | None, prob: float, brightness: float, saturation: tuple[float, float],
+                 contrast: tuple[float, float], hue: float) -> tuple[bool, float, float, float, float]:
+    """One video's colour-jitter draws, in their order: (whether it applies, brightness delta, saturation
+    factor, contrast factor, hue delta). All five are always drawn, so the generator advances alike."""
+    coin = _uniform(rng, 0.0, 1.0)
+    delta_b = _uniform(rng, -brightness, brightness)
+    f_sat = _uniform(rng, *saturation)
+    f_con = _uniform(rng, *contrast)
+    delta_h = _uniform(rng, -hue, hue)
+    return coin < prob, delta_b, f_sat, f_con, delta_h
+
+
 def color_jitter(x: torch.Tensor, rng: torch.Generator | None, prob: float = 0.8,
                  brightness: float = 32.0 / 255.0, saturation: tuple[float, float] = (0.6, 1.4),
                  contrast: tuple[float, float] = (0.6, 1.4), hue: float = 0.2,
@@ -373,12 +385,8 @@ def color_jitter(x: torch.Tensor, rng: torch.Generator | None, prob: float = 0.8
         raise ValueError(f"color_jitter needs float frames (after normalize_frames), got {x.dtype}")
 
     def one(v):
-        coin = _uniform(rng, 0.0, 1.0)
-        delta_b = _uniform(rng, -brightness, brightness)
-        f_sat = _uniform(rng, *saturation)
-        f_con = _uniform(rng, *contrast)
-        delta_h = _uniform(rng, -hue, hue)
-        if coin >= prob:
+        applies, delta_b, f_sat, f_con, delta_h = jitter_draws(rng, prob, brightness, saturation, contrast, hue)
+        if not applies:
             return v
         out = torch.empty_like(v)
         frames, step = v.shape[0], _JITTER_FRAMES

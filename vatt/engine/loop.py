@@ -269,12 +269,13 @@ class Trainer:
 
         groups = self.task.grad_groups()
         norms = [_grad_norm(g.params, env.device) for g in groups]
-        bad = ~(torch.isfinite(totals[keys.index("loss")]) & torch.isfinite(torch.stack(norms)).all())
+        loss = totals[keys.index("loss")]
+        bad = ~(torch.isfinite(loss) & torch.isfinite(torch.stack(norms)).all())
         bad = bool(all_reduce(bad.float(), "max").item())  # every rank skips together
         if bad:
             for m, saved in zip(self.bn_layers, bn_stats):
                 m.load_state_dict(saved)
-            self._skip(totals[keys.index("loss")].item(), norms[0].item())
+            self._skip(loss.item(), norms[0].item())
         else:
             state.consecutive_skipped = 0
             for group, norm in zip(groups, norms):

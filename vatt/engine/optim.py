@@ -62,22 +62,6 @@ def _evaluate(closure) -> torch.Tensor | None:
         return closure()
 
 
-class _KerasOptimizer(torch.optim.Optimizer):
-    """The loop of a per-parameter update, as `tf.keras` optimisers apply it; subclasses give `update`."""
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = _evaluate(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self.update(p, p.grad, group)
-        return loss
-
-    def update(self, p: torch.Tensor, g: torch.Tensor, group: dict) -> None:
-        raise NotImplementedError
-
-
 class KerasAdam(torch.optim.Optimizer):
     """Adam as Keras computes it (see the module docstring), without weight decay.
 
@@ -161,7 +145,7 @@ def _fusable(params: list[torch.Tensor]) -> bool:
                and device.type in ("cpu", "cuda") for p in params)
 
 
-class KerasSGD(_KerasOptimizer):
+class KerasSGD(torch.optim.Optimizer):
     """SGD with momentum as Keras computes it (see the module docstring).
 
     `weight_decay` is decoupled, as the official `SGDW` (tf-addons): w <- w - weight_decay * w before the
@@ -174,7 +158,16 @@ class KerasSGD(_KerasOptimizer):
             raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
 
-    def update(self, p: torch.Tensor, g: torch.Tensor, group: dict) -> None:
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _evaluate(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, p.grad, group)
+        return loss
+
+    def _update(self, p: torch.Tensor, g: torch.Tensor, group: dict) -> None:
         lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
         if wd:
             p.mul_(1.0 - wd)
