@@ -140,7 +140,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path, damage, caplog):
     with pytest.raises(DamagedFolder, match=r"step_00000004/model\.safetensors: damaged"):
         vatt.load(newest)
 
-    caplog.set_level(logging.WARNING, logger="vatt.pretrain")
+    caplog.set_level(logging.WARNING, logger="vatt")
     result = _run(out, 6, resume=True)
     assert any("checkpoint step_00000004 is damaged (model.safetensors: damaged" in m
                and "resuming from the newest intact one, step_00000002" in m for m in caplog.messages)
@@ -167,7 +167,7 @@ def test_finetuning_resume_falls_back_past_a_damaged_checkpoint(tmp_path, caplog
     final = {k: v.clone() for k, v in ckpt.load_weights(first.last_checkpoint).items()}  # not a view of the file
     weights = first.last_checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1000])  # a partial copy
-    caplog.set_level(logging.WARNING, logger="vatt.pretrain")
+    caplog.set_level(logging.WARNING, logger="vatt")
     resumed = finetune(_config(tmp_path, *extra), resume=True, train_dataset=SynthTones(), val_dataset=None)
     assert any("checkpoint step_00000008 is damaged" in m and "step_00000004" in m for m in caplog.messages)
     assert [r["step"] for r in resumed.history] == [5, 8]

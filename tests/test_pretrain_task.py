@@ -132,7 +132,7 @@ def test_accumulation_checkpointing_adamw_and_clipping(tmp_path):
 
 def test_nan_batch_is_skipped_and_counted(tmp_path, caplog):
     # 16 clips, batch 8: clip 5 is in exactly one batch per epoch, so 2 of 4 steps see a NaN.
-    caplog.set_level(logging.WARNING, logger="vatt.pretrain")
+    caplog.set_level(logging.WARNING, logger="vatt")
     out = tmp_path / "run"
     result = pretrain(tiny_config(out, "optim.total_steps=4", "checkpoint.every_steps=0"),
                       train_dataset=SynthClips(16, nan_clips=(5,)), collate_fn=collate)
@@ -213,7 +213,7 @@ if __name__ == "__main__":
 def test_new_run_refuses_an_earlier_runs_folder_and_overwrite_starts_over(tmp_path, caplog):
     from vatt.data.text import WordTokenizer
 
-    caplog.set_level(logging.INFO, logger="vatt.pretrain")
+    caplog.set_level(logging.INFO, logger="vatt")
     out = tmp_path / "run"
     tokenizer = WordTokenizer.build(["a red circle", "a blue square"], max_size=16)
     first = pretrain(tiny_config(out, "optim.total_steps=4", "checkpoint.every_steps=2", "eval.every_steps=2",

@@ -50,7 +50,7 @@ from vatt.precision import autocast_dtype
 from vatt.pretrain.config import load_config
 from vatt.pretrain.task import pretrain
 
-log = logging.getLogger("vatt.pretrain")
+log = logging.getLogger("vatt.demo")
 
 PRESET = "tx_fac_tiny"
 

@@ -41,7 +41,7 @@ from vatt.checkpoint.io import CONFIG as MODEL_CONFIG
 from vatt.checkpoint.io import VOCAB, WEIGHTS, read_weights, write_weights
 from vatt.checkpoint.manifest import DamagedFolder, verify_folder, write_manifest
 
-log = logging.getLogger("vatt.pretrain")
+log = logging.getLogger("vatt.engine")
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 TRAIN_STATE = "train_state.pt"

@@ -1,8 +1,8 @@
 """What a run reports: callbacks (for a progress bar or a notebook), metrics.jsonl and TensorBoard.
 
-The library never prints. The loop calls `Callback` hooks on rank 0 and logs messages through the
-`logging` module (logger "vatt.pretrain"); the `vatt pretrain` command installs `ProgressBar` and a logging
-handler that writes above the bar.
+The library never prints. The training engine (`vatt.engine.loop`) calls `Callback` hooks on rank 0 and
+logs messages through the `logging` module (loggers under "vatt"); `vatt pretrain` and `vatt finetune`
+install `ProgressBar` and a logging handler that writes above the bar.
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from tqdm.auto import tqdm
 
 from vatt.atomic import WriteFailed, write_text
 
-log = logging.getLogger("vatt.pretrain")
+log = logging.getLogger("vatt.engine")
 
 
 class Callback:
-    """Hooks called by `pretrain` on rank 0. Override the ones you need."""
+    """Hooks the training engine calls on rank 0 (`pretrain`, `finetune`). Override the ones you need: the
+    engine calls only those a callback defines (fine-tuning also calls `on_eval_progress(done, total)`)."""
 
     def on_start(self, start_step: int, total_steps: int) -> None: ...
 
