@@ -70,7 +70,7 @@ class KerasAdam(torch.optim.Optimizer):
     checkpoint convert one to one (`vatt.checkpoint.optimizer_state`).
 
     Speed: torch's fused Adam kernel makes one pass over each tensor where the update written out takes five
-    (a tenth of a CPU pre-training step). It adds its ε to √v / √(1-β2^t); with ε' = ε / √(1-β2^t) that is
+    (half the time: 0.11 s instead of 0.22 s per BBS step on a 2-core CPU, about 1 % of it). It adds its ε to √v / √(1-β2^t); with ε' = ε / √(1-β2^t) that is
     (√v + ε) / √(1-β2^t), the Keras denominator, so the kernel computes the Keras update (up to float
     rounding). ε' depends on t, which is one number for a group only while every parameter of the group has
     been updated at every step: a group where a parameter once had no gradient, or one of DTensors (FSDP),
