@@ -305,6 +305,19 @@ def test_cpu_dropout_mask_does_not_depend_on_the_thread_count():
     assert torch.equal(masks[0], masks[1])
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5 / 256, 0.5 + 0.5 / 256, 1 - 0.5 / 256])
+def test_cpu_dropout_mask_drops_with_the_32_bit_probability(p):
+    """The mask decides most elements on a uniform's top byte and draws 24 more bits for the 1 in 256 that
+    tie with the threshold's top byte. These rates put half of that tie byte's mass on each side, so a tie
+    always kept or always dropped would be off by 1/512, far beyond the ~4 standard deviations allowed."""
+    from vatt.model.dropout import keep_mask
+    torch.manual_seed(0)
+    n = 1 << 24
+    dropped = n - keep_mask(torch.Size([n]), p).sum().item()
+    expected = round(p * 2**32) / 2**32
+    assert abs(dropped / n - expected) < 4 * (expected * (1 - expected) / n) ** 0.5
+
+
 # --- initialisation -----------------------------------------------------------------------------------------
 def official_initialiser(name: str, p: torch.Tensor, d_model: int):
     """(kind, parameters) of the official (Keras) initialiser of our parameter `name`, from the official

@@ -2,10 +2,15 @@
 
 On CPU, `torch.bernoulli_` (what `F.dropout` uses) costs ~15-20 ns per element, which made dropout ~40 %
 of a ViT-Base training step here (attention-probability dropout alone touches B*H*N^2 elements per
-layer). This module draws the same Bernoulli(1 - p) keep-mask from numpy's PCG64 with 32-bit uniforms
-(drop probability exact to 2^-32, finer than `torch.rand`'s 2^-24), split over threads, seeded from
-torch's generator so `torch.manual_seed` still makes runs repeatable. On CUDA, or outside training,
-it is plain `F.dropout`. The distribution of the computation is unchanged; only the random stream differs.
+layer). This module draws the same Bernoulli(1 - p) keep-mask from numpy's PCG64 (drop probability
+exact to 2^-32, finer than `torch.rand`'s 2^-24), split over threads, seeded from torch's generator so
+`torch.manual_seed` still makes runs repeatable. On CUDA, or outside training, it is plain `F.dropout`.
+The distribution of the computation is unchanged; only the random stream differs.
+
+An element is kept when a 32-bit uniform u is >= T = round(p * 2^32). Most elements are decided by
+u's top byte alone (above T's top byte: kept; below: dropped); only the 1 in 256 that tie with T's top
+byte draw u's other 24 bits. That is the same event as comparing all 32 bits, for a quarter of the
+random bits and one byte-wide comparison: about 4x faster than drawing a 32-bit uniform per element.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from torch import nn
 _POOL: ThreadPoolExecutor | None = None
 _MIN_PARALLEL = 1 << 18  # below this, one thread is faster than handing out work
 _MAX_CHUNKS = 16
+_BLOCK = 1 << 20  # elements drawn at a time within a chunk: bounds the uint8 scratch
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -31,9 +37,10 @@ def _pool() -> ThreadPoolExecutor:
 
 @torch.compiler.disable  # numpy threads; torch.compile runs it as it is (on CUDA dropout is F.dropout, compiled)
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
-    """Bool CPU tensor, True with probability 1 - p, from torch-seeded PCG64 streams."""
+    """Bool CPU tensor, True with probability 1 - round(p * 2^32) / 2^32, from torch-seeded PCG64 streams."""
     n = math.prod(shape)
-    threshold = np.uint32(min(round(p * 2**32), 2**32 - 1))
+    threshold = min(round(p * 2**32), 2**32 - 1)
+    t_top, t_rest = np.uint8(threshold >> 24), np.uint32(threshold & 0xFFFFFF)  # T's top byte and its low 24 bits
     out = np.empty(n, dtype=bool)
     # The split depends on the size only (not on the thread count), so a seed gives the same mask on any machine.
     chunks = max(1, min(_MAX_CHUNKS, n // _MIN_PARALLEL))
@@ -41,10 +48,15 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     bounds = np.linspace(0, n, chunks + 1).astype(np.int64)
 
     def fill(i: int) -> None:
-        # numpy releases the GIL while filling, so chunks run in parallel
+        # numpy releases the GIL while drawing and comparing, so chunks run in parallel
         rng = np.random.Generator(np.random.PCG64(seeds[i]))
-        lo, hi = bounds[i], bounds[i + 1]
-        np.greater_equal(rng.integers(0, 2**32, hi - lo, dtype=np.uint32), threshold, out=out[lo:hi])
+        end = int(bounds[i + 1])
+        for lo in range(int(bounds[i]), end, _BLOCK):
+            hi = min(lo + _BLOCK, end)
+            u_top = rng.bit_generator.random_raw(-(-(hi - lo) // 8)).view(np.uint8)[: hi - lo]
+            np.greater(u_top, t_top, out=out[lo:hi])
+            ties = np.flatnonzero(u_top == t_top)
+            out[lo + ties] = rng.integers(0, 1 << 24, ties.size, dtype=np.uint32) >= t_rest
 
     if chunks == 1:
         fill(0)
@@ -56,7 +68,8 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
 def scaled_mask(keep: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
     """The bool keep-mask as `scale` / 0 in `dtype`. Through uint8: torch converts bool ~10x slower, and a
     float multiply is several times faster than `torch.where` on a bool mask."""
-    return keep.view(torch.uint8).to(dtype).mul_(scale)
+    mask = keep.view(torch.uint8).to(dtype)
+    return mask if scale == 1.0 else mask.mul_(scale)
 
 
 class _MaskedScale(torch.autograd.Function):
