@@ -1,7 +1,8 @@
 """Clips per second of a full pre-training step, with every comparison measured in the same run.
 
     python bench/train_speed.py                       # tiny: fp32/bf16 x DropToken on/off x 1/2 processes;
-                                                      # Base (BBS): fp32/bf16 x DropToken on/off, 1 process
+                                                      # Base (BBS): fp32/bf16 x DropToken on/off, 1 process,
+                                                      # and bf16 DropToken on in 2 processes / glibc defaults
     python bench/train_speed.py --sizes tiny          # quick
     python bench/train_speed.py --json out.json
 
@@ -10,6 +11,7 @@ backbones and the FAC head, AsymmetricNCE, backward, NaN check, Adam update, on 
 of the model's input size (no decoding). clips/s is the median over the timed steps. "2 processes" is
 `torchrun --nproc_per_node 2` (gloo, one thread each) on the same global batch, vs one process with
 the default thread count (and with one thread, which matters when other processes share the cores).
+"glibc defaults" is the bf16 Base step with `run.reuse_freed_memory=false` (`vatt.engine.memory`).
 
 Achieved FLOP/s = matrix-product FLOPs of one step (counted by torch's FlopCounterMode on a forward +
 backward: linear, conv, attention) x steps/s, shown as a fraction of the FLOP/s of a 2048^3 fp32
@@ -59,10 +61,12 @@ class RandomClips(torch.utils.data.Dataset):
         return self.pool[key[1] % len(self.pool)]
 
 
-def overrides(preset: str, batch: int, steps: int, precision: str, droptoken: bool, out: str) -> list[str]:
+def overrides(preset: str, batch: int, steps: int, precision: str, droptoken: bool, out: str,
+              reuse_memory: bool = True) -> list[str]:
     return [f"model.preset={preset}", f"data.batch_size={batch}", "data.num_workers=0", f"optim.total_steps={steps}",
             "optim.warmup_steps=0", f"run.precision={precision}", f"run.output_dir={out}", "log.every_steps=1",
-            "log.tensorboard=false", "checkpoint.enabled=false"] + ([] if droptoken else NO_DROPTOKEN)
+            "log.tensorboard=false", "checkpoint.enabled=false", f"run.reuse_freed_memory={str(reuse_memory).lower()}"
+            ] + ([] if droptoken else NO_DROPTOKEN)
 
 
 def peak_rss_gb() -> float | None:
@@ -76,19 +80,20 @@ def peak_rss_gb() -> float | None:
     return None
 
 
-def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool) -> float:
+def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool,
+              reuse_memory: bool = True) -> float:
     """Median clips/s of steps after `warmup`, in this process (or this rank, under torchrun)."""
     from vatt.pretrain.config import load_config
     from vatt.pretrain.task import pretrain
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(None, overrides(preset, batch, steps, precision, droptoken, out))
+        cfg = load_config(None, overrides(preset, batch, steps, precision, droptoken, out, reuse_memory))
         result = pretrain(cfg, train_dataset=RandomClips(preset, n=batch * steps))
     return statistics.median(r["clips_per_s"] for r in result.history[warmup:])
 
 
 def run_processes(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool,
-                  processes: int, threads: int) -> dict:
+                  processes: int, threads: int, reuse_memory: bool = True) -> dict:
     """clips/s (and the peak RSS of rank 0) in fresh processes: 1, or `torchrun --nproc_per_node N`."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
@@ -96,7 +101,7 @@ def run_processes(preset: str, batch: int, steps: int, warmup: int, precision: s
                     str(29400 + os.getpid() % 1000)] if processes > 1 else []
         cmd = [sys.executable, *launcher, __file__, "--worker", str(out), "--preset", preset, "--batch",
                str(batch), "--steps", str(steps), "--warmup", str(warmup), "--precision", precision,
-               *([] if droptoken else ["--no-droptoken"])]
+               *([] if droptoken else ["--no-droptoken"]), *([] if reuse_memory else ["--glibc-defaults"])]
         proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True,
                               text=True)
         if proc.returncode:
@@ -138,10 +143,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--no-droptoken", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--glibc-defaults", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        clips = run_steps(args.preset, args.batch, args.steps, args.warmup, args.precision, not args.no_droptoken)
+        clips = run_steps(args.preset, args.batch, args.steps, args.warmup, args.precision, not args.no_droptoken,
+                          not args.glibc_defaults)
         if int(os.environ.get("RANK", "0")) == 0:  # every rank logs the same global-batch rate
             Path(args.worker).write_text(json.dumps({"clips_per_s": clips, "peak_rss_gb": peak_rss_gb()}))
         return 0
@@ -161,23 +168,25 @@ def main() -> int:
         flops = {dt: step_flops(preset, batch, dt) for dt in (True, False)}
         for droptoken in (True, False):
             for precision in ("fp32", "bf16"):
-                variants = [("1 proc", default_threads)]
+                variants = [("1 proc", default_threads, True)]
                 if size == "tiny":
-                    variants += [("1 proc", 1), ("2 procs", 1)]
+                    variants += [("1 proc", 1, True), ("2 procs", 1, True)]
                 elif droptoken and precision == "bf16":
-                    variants += [("2 procs", 1)]
-                for procs, threads in variants:
+                    # run.reuse_freed_memory=false: glibc's malloc defaults, the baseline of vatt.engine.memory
+                    variants += [("2 procs", 1, True), ("1 proc", default_threads, False)]
+                for procs, threads, reuse_memory in variants:
                     # the yardstick again just before each row, so that a change of load between rows
                     # moves both (the first-measured peaks are kept in the JSON as "peak_flops")
                     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
                     t0 = time.perf_counter()
                     # each row in fresh processes, so its peak RSS is its own
                     result = run_processes(preset, batch, steps, warmup, precision, droptoken,
-                                           2 if procs == "2 procs" else 1, threads)
+                                           2 if procs == "2 procs" else 1, threads, reuse_memory)
                     clips, rss = result["clips_per_s"], result["peak_rss_gb"]
                     achieved = flops[droptoken] / batch * clips
                     row = {"size": size, "preset": preset, "batch": batch, "precision": precision,
                            "droptoken": droptoken, "processes": 2 if procs == "2 procs" else 1, "threads": threads,
+                           "reuse_freed_memory": reuse_memory,
                            "clips_per_s": clips, "step_gflop": flops[droptoken] / 1e9,
                            "achieved_gflop_s": achieved / 1e9, "frac_fp32_matmul": achieved / peak["fp32"],
                            "frac_bf16_matmul": achieved / peak["bf16"], "wall_s": time.perf_counter() - t0,
@@ -185,16 +194,17 @@ def main() -> int:
                            "peak_rss_gb": rss}
                     rows.append(row)
                     memory = f", peak RSS {rss:.1f} GiB{' (rank 0)' if procs == '2 procs' else ''}" if rss else ""
-                    print(f"{size:4s} {precision} droptoken={'on ' if droptoken else 'off'} {procs} x {threads} thr: "
+                    print(f"{size:4s} {precision} droptoken={'on ' if droptoken else 'off'} {procs} x {threads} thr"
+                          f"{'' if reuse_memory else ', glibc defaults'}: "
                           f"{clips:8.2f} clips/s  {achieved / 1e9:7.1f} GFLOP/s = {row['frac_fp32_matmul']:.2f} of "
                           f"fp32 matmul ({peak['fp32'] / 1e9:.0f} GFLOP/s just before), {row['frac_bf16_matmul']:.2f} of bf16 "
                           f"({row['wall_s']:.0f} s{memory})",
                           flush=True)
 
-    def rate(size, precision, droptoken, processes=1, threads=default_threads):
+    def rate(size, precision, droptoken, processes=1, threads=default_threads, reuse_memory=True):
         for r in rows:
-            if (r["size"], r["precision"], r["droptoken"], r["processes"], r["threads"]) == \
-                    (size, precision, droptoken, processes, threads):
+            if (r["size"], r["precision"], r["droptoken"], r["processes"], r["threads"], r["reuse_freed_memory"]) == \
+                    (size, precision, droptoken, processes, threads, reuse_memory):
                 return r["clips_per_s"]
         return None
 
@@ -209,6 +219,8 @@ def main() -> int:
                 (rate(size, "bf16", True, 2, 1), rate(size, "bf16", True)),
             "2 procs x 1 thread / 1 proc x 1 thread (bf16, DropToken on)":
                 (rate(size, "bf16", True, 2, 1), rate(size, "bf16", True, 1, 1)),
+            "freed memory reused / glibc defaults (bf16, DropToken on)":
+                (rate(size, "bf16", True), rate(size, "bf16", True, reuse_memory=False)),
         }
         for name, (a, b) in pairs.items():
             if a and b:

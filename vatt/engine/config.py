@@ -117,6 +117,9 @@ class RunConfig:
     # Stop (with a checkpoint) once this many steps are done, keeping the learning-rate schedule of
     # optim.total_steps: a long run in chunks, or a few steps of the official schedule. 0 = optim.total_steps.
     stop_at_step: int = 0
+    # On CPU, keep the memory blocks a step frees in the heap for the next step (glibc's mmap and trim
+    # thresholds, `vatt.engine.memory`): fewer page faults, ~6 % faster bf16 steps. false: glibc's defaults.
+    reuse_freed_memory: bool = True
 
 
 @dataclass

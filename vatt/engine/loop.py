@@ -42,6 +42,7 @@ from vatt.data.sampling import MicroBatches, collate, sample_seed
 from vatt.data.errors import WORKER_DEATH_ERRORS, is_worker_death, worker_died
 from vatt.distributed import DistEnv, all_reduce, barrier, init_distributed, shutdown_distributed
 from vatt.engine import checkpoint as ckpt
+from vatt.engine import memory
 from vatt.engine.config import ExperimentConfig
 from vatt.engine.optim import build_optimizer, set_learning_rate
 from vatt.engine.parallel import wrap_model
@@ -146,6 +147,8 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         self.state = TrainState()
         task.trainer = self
+        if env.device.type == "cpu" and cfg.run.reuse_freed_memory:
+            memory.reuse_freed_memory()
 
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         self.raw_model = task.build_model(env.device)  # unwrapped: for state dicts and evaluation
