@@ -15,7 +15,9 @@ the default thread count (and with one thread, which matters when other processe
 
 Achieved FLOP/s = matrix-product FLOPs of one step (counted by torch's FlopCounterMode on a forward +
 backward: linear, conv, attention) x steps/s, shown as a fraction of the FLOP/s of a 2048^3 fp32
-matrix product measured in this process (and of a bf16 one, the ceiling of bf16 autocast).
+matrix product measured in this process just before and just after the row, the larger of the two
+(and of a bf16 one, the ceiling of bf16 autocast). A Base row times 8 steps and takes the median of the
+last 5.
 """
 from __future__ import annotations
 
@@ -134,7 +136,7 @@ def main() -> int:
     parser.add_argument("--tiny-batch", type=int, default=32)
     parser.add_argument("--tiny-steps", type=int, default=12)
     parser.add_argument("--base-batch", type=int, default=2)
-    parser.add_argument("--base-steps", type=int, default=4)
+    parser.add_argument("--base-steps", type=int, default=8)
     # worker mode (one torchrun rank)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
@@ -164,7 +166,7 @@ def main() -> int:
     for size in args.sizes.split(","):
         preset = SIZES[size]
         batch, steps = (args.tiny_batch, args.tiny_steps) if size == "tiny" else (args.base_batch, args.base_steps)
-        warmup = 2 if size == "tiny" else 1
+        warmup = 2 if size == "tiny" else 3  # a Base step settles over its first three (first-touch page faults)
         flops = {dt: step_flops(preset, batch, dt) for dt in (True, False)}
         for droptoken in (True, False):
             for precision in ("fp32", "bf16"):
@@ -177,12 +179,16 @@ def main() -> int:
                 for procs, threads, reuse_memory in variants:
                     # the yardstick again just before each row, so that a change of load between rows
                     # moves both (the first-measured peaks are kept in the JSON as "peak_flops")
-                    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+                    before = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
                     t0 = time.perf_counter()
                     # each row in fresh processes, so its peak RSS is its own
                     result = run_processes(preset, batch, steps, warmup, precision, droptoken,
                                            2 if procs == "2 procs" else 1, threads, reuse_memory)
                     clips, rss = result["clips_per_s"], result["peak_rss_gb"]
+                    # and just after; the larger of the two is the yardstick, so that a yardstick measured in a
+                    # slow moment cannot flatter the row
+                    after = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+                    peak = {k: max(before[k], after[k]) for k in before}
                     achieved = flops[droptoken] / batch * clips
                     row = {"size": size, "preset": preset, "batch": batch, "precision": precision,
                            "droptoken": droptoken, "processes": 2 if procs == "2 procs" else 1, "threads": threads,
@@ -197,7 +203,8 @@ def main() -> int:
                     print(f"{size:4s} {precision} droptoken={'on ' if droptoken else 'off'} {procs} x {threads} thr"
                           f"{'' if reuse_memory else ', glibc defaults'}: "
                           f"{clips:8.2f} clips/s  {achieved / 1e9:7.1f} GFLOP/s = {row['frac_fp32_matmul']:.2f} of "
-                          f"fp32 matmul ({peak['fp32'] / 1e9:.0f} GFLOP/s just before), {row['frac_bf16_matmul']:.2f} of bf16 "
+                          f"fp32 matmul ({before['fp32'] / 1e9:.0f} / {after['fp32'] / 1e9:.0f} GFLOP/s before / after), "
+                          f"{row['frac_bf16_matmul']:.2f} of bf16 "
                           f"({row['wall_s']:.0f} s{memory})",
                           flush=True)
 
