@@ -203,7 +203,8 @@ def main() -> int:
                     print(f"{size:4s} {precision} droptoken={'on ' if droptoken else 'off'} {procs} x {threads} thr"
                           f"{'' if reuse_memory else ', glibc defaults'}: "
                           f"{clips:8.2f} clips/s  {achieved / 1e9:7.1f} GFLOP/s = {row['frac_fp32_matmul']:.2f} of "
-                          f"fp32 matmul ({before['fp32'] / 1e9:.0f} / {after['fp32'] / 1e9:.0f} GFLOP/s before / after), "
+                          f"fp32 matmul ({before['fp32'] / 1e9:.0f} / {after['fp32'] / 1e9:.0f} GFLOP/s "
+                          f"before / after), "
                           f"{row['frac_bf16_matmul']:.2f} of bf16 "
                           f"({row['wall_s']:.0f} s{memory})",
                           flush=True)

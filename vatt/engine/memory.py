@@ -9,7 +9,8 @@ largest value (32 MB) and the trim threshold at 1 GB keeps these blocks in the h
 
 Measured on the 2-core development CPU (ViT-Base pre-training step, batch 2, pairs of runs alternated):
 bf16 5.64 / 6.09 s per step with these settings against 6.07 / 6.49 s with glibc's defaults, and less
-system time (3.7 / 4.3 s against 5.9 / 5.0 s a run); fp32 within the noise (10.6 / 10.6 s against 10.2 / 11.0 s); the same peak RSS.
+system time (3.7 / 4.3 s against 5.9 / 5.0 s a run); fp32 within the noise (10.6 / 10.6 s against
+10.2 / 11.0 s); the same peak RSS.
 `python bench/train_speed.py` measures it again (its "glibc defaults" row).
 
 The settings are process-wide and last until the process ends; `run.reuse_freed_memory: false` leaves

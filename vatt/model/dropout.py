@@ -53,7 +53,8 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
         end = int(bounds[i + 1])
         for lo in range(int(bounds[i]), end, _BLOCK):
             hi = min(lo + _BLOCK, end)
-            u_top = rng.bit_generator.random_raw(-(-(hi - lo) // 8)).view(np.uint8)[: hi - lo]
+            draws = -(-(hi - lo) // 8)  # each 64-bit draw gives the top bytes of 8 uniforms
+            u_top = rng.bit_generator.random_raw(draws).view(np.uint8)[: hi - lo]
             np.greater(u_top, t_top, out=out[lo:hi])
             ties = np.flatnonzero(u_top == t_top)
             out[lo + ties] = rng.integers(0, 1 << 24, ties.size, dtype=np.uint32) >= t_rest
