@@ -299,3 +299,20 @@ def test_long_steps_print_plain_progress_lines_when_not_on_a_terminal(tiny_dir, 
                  "--windows", "1", "--workers", "0", "--out", str(tmp_path / "r.json")]) == 0
     err = capsys.readouterr().err  # pytest's capture is not a terminal
     assert "embedding clips: 4/4 files (100%)" in err and "\r" not in err
+
+
+def test_precision_auto_is_decided_before_the_run_and_recorded(tiny_dir, sample, tmp_path, monkeypatch):
+    """`--precision auto` is resolved for the device once, so the files say which arithmetic made them; the same
+    embeddings as asking for that precision by name."""
+    from vatt import precision
+
+    video = str(sample / "videos" / "clip_00000.mp4")
+    for supported, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "autocast_dtype", lambda p, d, s=supported, f=precision.autocast_dtype:
+                            f("bf16" if s else "fp32", d) if p == "auto" else f(p, d))
+        auto, named = tmp_path / f"auto_{expected}.npz", tmp_path / f"named_{expected}.npz"
+        assert main(["embed", str(tiny_dir), video, "--workers", "0", "--precision", "auto", "--out", str(auto)]) == 0
+        assert main(["embed", str(tiny_dir), video, "--workers", "0", "--precision", expected, "--out", str(named)]) == 0
+        assert json.loads(auto.with_suffix(".json").read_text())["precision"] == expected
+        assert read_embeddings(auto)["meta"]["precision"] == expected
+        np.testing.assert_array_equal(read_embeddings(auto)["video_vt"], read_embeddings(named)["video_vt"])

@@ -18,7 +18,7 @@ import vatt
 from tests.conftest import free_port
 from vatt.cli import main
 from vatt.data.sample_data import describe_clip, render_audio, render_video, write_mp4
-from vatt.index import Index, build_index
+from vatt.index import Index, build_index, store
 from vatt.index.search import merge_moments
 from vatt.index.windows import window_starts
 
@@ -310,6 +310,21 @@ def test_bad_input_gives_a_clear_message(random_model, media, tmp_path, capsys):
            "built by another model")
     _fails(["index", str(other), str(media), "--out", str(idx)], capsys, "built by another model")
     _fails(["search", str(idx), "--video", f"{media / 'clip0.mp4'}@soon"], capsys, "FILE@SECONDS")
+
+
+def test_the_index_records_its_precision_and_an_update_may_not_mix_them(random_model, media, tmp_path, capsys):
+    idx = tmp_path / "idx"
+    report = build_index(vatt.load(random_model), [media / "clip0.mp4"], idx, model_path=str(random_model))
+    assert report.manifest["protocol"]["precision"] == "fp32"
+    _fails(["index", str(random_model), str(media / "clip0.mp4"), "--out", str(idx), "--precision", "bf16",
+            "--workers", "0"], capsys, "'precision': 'fp32'", "'precision': 'bf16'", "--precision")
+    # an index written before the precision was recorded holds float32 vectors: fp32 updates it, bf16 does not
+    manifest = store.read_manifest(idx)
+    del manifest["protocol"]["precision"]
+    store.write_manifest(idx, manifest)
+    with pytest.raises(ValueError, match="precision"):
+        build_index(vatt.load(random_model), [media / "clip0.mp4"], idx, precision="bf16")
+    build_index(vatt.load(random_model), [media / "clip0.mp4"], idx, model_path=str(random_model))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -25,6 +25,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
 
 
+def resolve(precision: str, device: torch.device | str) -> str:
+    """"fp32" or "bf16": what `precision` computes in on `device` ("auto" decided), the name to record beside a
+    result so that it says which arithmetic produced it."""
+    return "fp32" if autocast_dtype(precision, torch.device(device)) is None else "bf16"
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """Autocast to `dtype` on `device`'s type, or a no-op for float32 (None)."""
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

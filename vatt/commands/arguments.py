@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from vatt import precision
 from vatt.configs import DEFAULT_FPS
 from vatt.data.errors import MediaError
 
@@ -33,8 +34,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="decoding processes (default: 2, or 1 on a one-core machine; 0 = decode in this process)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="fp32 (default; the official numbers) or bf16 autocast (faster on recent CPUs/GPUs)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
+                        help="fp32 (default; the official numbers), bf16 autocast (faster on recent CPUs/GPUs), or "
+                             "auto: bf16 where the device computes it fast (AVX512-BF16/AMX CPUs, bf16 GPUs), else "
+                             "fp32; what it chose is recorded with the results")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--vocab", help="word vocabulary for captions, if the model folder has no vocab.txt")
 
@@ -72,3 +75,9 @@ def run_subcommand(args: argparse.Namespace) -> int:
         return args._run(args)
     except MediaError as e:
         raise (media_error(e) if hasattr(args, "skip_bad") else media_error(e, hint="")) from None
+
+
+def resolve_precision(args: argparse.Namespace) -> None:
+    """Decide `--precision auto` for `--device` once, before anything runs, so that every result records fp32 or
+    bf16, the arithmetic that made it."""
+    args.precision = precision.resolve(args.precision, args.device)

@@ -21,7 +21,7 @@ from pathlib import Path
 from vatt.atomic import write_json
 from vatt.checkpoint.io import load_model
 from vatt.commands.arguments import (add_fps_argument, add_media_arguments, add_run_arguments, media_error, parse_where,
-                                     table)
+                                     resolve_precision, table)
 from vatt.data.errors import MediaError
 from vatt.data.manifest import format_left_out, list_media
 from vatt.embed import embed_entries
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("nothing to embed: give media files, folders or a manifest, or --text")
     if args.windows < 1:
         raise ValueError(f"--windows must be >= 1, got {args.windows}")
+    resolve_precision(args)
     t0 = time.perf_counter()
     model = load_model(args.model, args.device, args.vocab)
     left_out: Counter[str] = Counter()

@@ -29,7 +29,7 @@ import numpy as np
 from vatt.atomic import write_json
 from vatt.checkpoint.io import load_model
 from vatt.commands.arguments import (add_fps_argument, add_media_arguments, add_run_arguments, parse_where,
-                                     run_subcommand, table)
+                                     resolve_precision, run_subcommand, table)
 from vatt.configs import input_spec
 from vatt.data.manifest import read_manifest_entries
 from vatt.embed import embed_entries
@@ -103,6 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_precision(args)
     return run_subcommand(args)
 
 

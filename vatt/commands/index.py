@@ -17,7 +17,7 @@ import argparse
 from contextlib import nullcontext
 
 from vatt.checkpoint.io import load_model
-from vatt.commands.arguments import add_run_arguments, table
+from vatt.commands.arguments import add_run_arguments, resolve_precision, table
 from vatt.distributed import init_distributed, shutdown_distributed
 from vatt.engine.progress import ConsoleProgress
 from vatt.index import build_index
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_precision(args)
     env = init_distributed("cuda" if args.device.startswith("cuda") else "cpu")
     try:
         model = load_model(args.model, args.device if env.world_size == 1 else env.device, args.vocab)
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         ["undecodable (left out)", c["errors"], "-"]]))
     print(f"windows: {p['clip_s']:g} s of video ({p['num_frames']} frames at {p['fps']:g} fps, {p['size']}x{p['size']})"
           + (f", {p['audio_clip_s']:g} s of audio" if p.get("audio_clip_s") else "")
-          + f", a window every {p['stride_s']:g} s")
+          + f", a window every {p['stride_s']:g} s, embedded in {p.get('precision', 'fp32')}")
     if report.removed_orphans:
         print(f"removed {len(report.removed_orphans)} shard(s) left by an interrupted run (their files were embedded again)")
     if m.get("ann"):

@@ -21,7 +21,7 @@ from typing import Any
 from vatt.atomic import write_json
 from vatt.checkpoint.io import load_model
 from vatt.commands.arguments import (add_fps_argument, add_media_arguments, add_run_arguments, parse_where,
-                                     run_subcommand, table)
+                                     resolve_precision, run_subcommand, table)
 from vatt.data.manifest import format_left_out, list_media, read_manifest_entries
 from vatt.embed import embed_entries
 from vatt.embedding_files import embedding_arrays, read_embedding_rows, read_embeddings
@@ -74,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_precision(args)
     return run_subcommand(args)
 
 

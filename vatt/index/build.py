@@ -36,6 +36,7 @@ from vatt.index import store
 from vatt.index.ann import build_ann, remove_ann
 from vatt.index.windows import Segment, SegmentDataset, plan_segments
 from vatt.inference import evaluating, forward_windows
+from vatt.precision import resolve
 
 Progress = Callable[[int, int], None]
 
@@ -123,11 +124,13 @@ def prepare(index_dir: Path, model_info: dict, proto: dict, paths: list[str], re
         if manifest["model"]["fingerprint"] != model_info["fingerprint"]:
             raise ValueError(f"{index_dir} was built by another model ({manifest['model'].get('path')}, fingerprint "
                              f"{manifest['model']['fingerprint'][:12]}); use another --out or delete it")
-        theirs = {k: manifest["protocol"].get(k) for k in ("clip_s", "stride_s", "fps")}
+        # indexes written before the precision was recorded were float32 (the only precision then offered)
+        theirs = {k: manifest["protocol"].get(k, "fp32" if k == "precision" else None)
+                  for k in ("clip_s", "stride_s", "fps", "precision")}
         ours = {k: proto[k] for k in theirs}
         if theirs != ours:
             raise ValueError(f"{index_dir} was built with {theirs}, this run asks for {ours}; "
-                             f"use the same --stride or another --out")
+                             f"use the same --stride, --fps and --precision, or another --out")
     else:
         if index_dir.exists() and any(index_dir.iterdir()):
             raise ValueError(f"{index_dir} exists and is not a vatt index; choose an empty or new folder")
@@ -226,7 +229,8 @@ def build_index(model: nn.Module, inputs: Sequence[str | os.PathLike], index_dir
     index_dir = Path(index_dir)
     rank, world = get_rank(), get_world_size()
     spec = input_spec(model, fps)
-    proto = protocol(model, stride_s, fps)
+    # the arithmetic of the stored vectors, "auto" decided: an update must not mix fp32 and bf16 rows
+    proto = {**protocol(model, stride_s, fps), "precision": resolve(precision, next(model.parameters()).device)}
     model_info = {"path": os.path.abspath(model_path) if model_path else None,
                   "fingerprint": store.model_fingerprint(model), "kind": model.config.kind}
     entries = list_media(inputs, path_column=path_column, root=root, where=where)

@@ -33,7 +33,8 @@ Embeddings are as the model gives them (not L2-normalised). manifest.json:
 
     {"format": "vatt-index", "version": 1,
      "model": {"path", "fingerprint" (sha256 of config and weights), "kind"},
-     "protocol": {"clip_s", "stride_s", "fps", "num_frames", "size", "audio_samples", "sample_rate", ...},
+     "protocol": {"clip_s", "stride_s", "fps", "num_frames", "size", "audio_samples", "sample_rate",
+                  "precision" ("fp32" | "bf16"; absent in indexes written before it was recorded: fp32), ...},
      "shards": {"r000-000001.parquet": {"rows": n, "files": [paths]}},
      "files": {path: {"size", "mtime_ns", "shard", "windows"}},
      "errors": {path: {"size", "mtime_ns", "reason", "message"}},   # files that could not be decoded
