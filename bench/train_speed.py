@@ -18,6 +18,13 @@ backward: linear, conv, attention) x steps/s, shown as a fraction of the FLOP/s 
 matrix product measured in this process just before and just after the row, the larger of the two
 (and of a bf16 one, the ceiling of bf16 autocast). A Base row times 8 steps and takes the median of the
 last 5.
+
+One-process rows are also measured against a yardstick in the step's own process: the fp32 and bf16 peaks
+(1 s each) before the first step and after every step, outside the step's timing; each timed step is
+compared with the larger of the peaks just before and just after it, and the row gives the median. A row
+takes minutes, over which this machine's matmul peak was seen to drift by 10 %; the per-step yardstick
+follows the drift. (Only for rows with the default thread count, the parent's yardstick's: not for 2-process
+rows, where one rank measuring alone would stall the other, nor for one-thread rows.)
 """
 from __future__ import annotations
 
@@ -82,20 +89,46 @@ def peak_rss_gb() -> float | None:
     return None
 
 
+class StepYardstick:
+    """A training callback: the 2048^3 fp32 and bf16 matmul peaks in this process before the first step and after
+    every step (outside the step's timing), so that each step has a yardstick measured seconds before and after
+    it in the same process. The machine's speed drifts over a row of minutes; this cancels the drift."""
+
+    SECONDS = 1.0  # per dtype and measurement
+
+    def __init__(self):
+        self.peaks: list[dict[str, float]] = []
+
+    def measure(self) -> None:
+        from bench.model_speed import matmul_peak
+        self.peaks.append({"fp32": matmul_peak(torch.float32, seconds=self.SECONDS),
+                           "bf16": matmul_peak(torch.bfloat16, seconds=self.SECONDS)})
+
+    def on_start(self, step: int, end: int) -> None:
+        self.measure()
+
+    def on_step(self, step: int, metrics: dict) -> None:
+        self.measure()
+
+
 def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool,
-              reuse_memory: bool = True) -> float:
-    """Median clips/s of steps after `warmup`, in this process (or this rank, under torchrun)."""
+              reuse_memory: bool = True, yardstick: StepYardstick | None = None) -> float:
+    """Median clips/s of steps after `warmup`, in this process (or this rank, under torchrun); with `yardstick`,
+    its per-step matmul peaks are measured around each step, and `yardstick.seconds` holds the step times."""
     from vatt.pretrain.config import load_config
     from vatt.pretrain.task import pretrain
 
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(None, overrides(preset, batch, steps, precision, droptoken, out, reuse_memory))
-        result = pretrain(cfg, train_dataset=RandomClips(preset, n=batch * steps))
+        result = pretrain(cfg, train_dataset=RandomClips(preset, n=batch * steps),
+                          callbacks=[yardstick] if yardstick else ())
+    if yardstick:
+        yardstick.seconds = [batch / r["clips_per_s"] for r in result.history]
     return statistics.median(r["clips_per_s"] for r in result.history[warmup:])
 
 
 def run_processes(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool,
-                  processes: int, threads: int, reuse_memory: bool = True) -> dict:
+                  processes: int, threads: int, reuse_memory: bool = True, step_yardstick: bool = False) -> dict:
     """clips/s (and the peak RSS of rank 0) in fresh processes: 1, or `torchrun --nproc_per_node N`."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
@@ -103,7 +136,8 @@ def run_processes(preset: str, batch: int, steps: int, warmup: int, precision: s
                     str(29400 + os.getpid() % 1000)] if processes > 1 else []
         cmd = [sys.executable, *launcher, __file__, "--worker", str(out), "--preset", preset, "--batch",
                str(batch), "--steps", str(steps), "--warmup", str(warmup), "--precision", precision,
-               *([] if droptoken else ["--no-droptoken"]), *([] if reuse_memory else ["--glibc-defaults"])]
+               *([] if droptoken else ["--no-droptoken"]), *([] if reuse_memory else ["--glibc-defaults"]),
+               *(["--step-yardstick"] if step_yardstick else [])]
         proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True,
                               text=True)
         if proc.returncode:
@@ -146,13 +180,16 @@ def main() -> int:
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--no-droptoken", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--glibc-defaults", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--step-yardstick", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
+        yardstick = StepYardstick() if args.step_yardstick else None
         clips = run_steps(args.preset, args.batch, args.steps, args.warmup, args.precision, not args.no_droptoken,
-                          not args.glibc_defaults)
+                          not args.glibc_defaults, yardstick)
         if int(os.environ.get("RANK", "0")) == 0:  # every rank logs the same global-batch rate
-            Path(args.worker).write_text(json.dumps({"clips_per_s": clips, "peak_rss_gb": peak_rss_gb()}))
+            steps = {"step_seconds": yardstick.seconds, "step_peaks": yardstick.peaks} if yardstick else {}
+            Path(args.worker).write_text(json.dumps({"clips_per_s": clips, "peak_rss_gb": peak_rss_gb(), **steps}))
         return 0
 
     default_threads = torch.get_num_threads()
@@ -182,14 +219,26 @@ def main() -> int:
                     before = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
                     t0 = time.perf_counter()
                     # each row in fresh processes, so its peak RSS is its own
+                    # the per-step yardstick where the row uses the threads the parent's yardstick used (under
+                    # torchrun a rank measuring alone would stall the other in the gradient all-reduce)
                     result = run_processes(preset, batch, steps, warmup, precision, droptoken,
-                                           2 if procs == "2 procs" else 1, threads, reuse_memory)
+                                           2 if procs == "2 procs" else 1, threads, reuse_memory,
+                                           step_yardstick=procs == "1 proc" and threads == default_threads)
                     clips, rss = result["clips_per_s"], result["peak_rss_gb"]
                     # and just after; the larger of the two is the yardstick, so that a yardstick measured in a
                     # slow moment cannot flatter the row
                     after = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
                     peak = {k: max(before[k], after[k]) for k in before}
                     achieved = flops[droptoken] / batch * clips
+                    # the same-process figure: each timed step against the larger of the peaks measured in its own
+                    # process just before and just after it; the median over the timed steps
+                    in_process = {}
+                    if "step_seconds" in result:
+                        p = result["step_peaks"]
+                        for dt in ("fp32", "bf16"):
+                            in_process[dt] = statistics.median(
+                                flops[droptoken] / t / max(p[i][dt], p[i + 1][dt])
+                                for i, t in enumerate(result["step_seconds"]) if i >= warmup)
                     row = {"size": size, "preset": preset, "batch": batch, "precision": precision,
                            "droptoken": droptoken, "processes": 2 if procs == "2 procs" else 1, "threads": threads,
                            "reuse_freed_memory": reuse_memory,
@@ -197,7 +246,10 @@ def main() -> int:
                            "achieved_gflop_s": achieved / 1e9, "frac_fp32_matmul": achieved / peak["fp32"],
                            "frac_bf16_matmul": achieved / peak["bf16"], "wall_s": time.perf_counter() - t0,
                            "fp32_matmul_gflop_s": peak["fp32"] / 1e9, "bf16_matmul_gflop_s": peak["bf16"] / 1e9,
-                           "peak_rss_gb": rss}
+                           "peak_rss_gb": rss,
+                           "frac_fp32_matmul_in_process": in_process.get("fp32"),
+                           "frac_bf16_matmul_in_process": in_process.get("bf16"),
+                           "step_seconds": result.get("step_seconds"), "step_peaks": result.get("step_peaks")}
                     rows.append(row)
                     memory = f", peak RSS {rss:.1f} GiB{' (rank 0)' if procs == '2 procs' else ''}" if rss else ""
                     print(f"{size:4s} {precision} droptoken={'on ' if droptoken else 'off'} {procs} x {threads} thr"
@@ -208,6 +260,9 @@ def main() -> int:
                           f"{row['frac_bf16_matmul']:.2f} of bf16 "
                           f"({row['wall_s']:.0f} s{memory})",
                           flush=True)
+                    if in_process:
+                        print(f"     in-process yardstick around each step: {in_process['fp32']:.2f} of fp32 matmul, "
+                              f"{in_process['bf16']:.2f} of bf16 (median of the timed steps)", flush=True)
 
     def rate(size, precision, droptoken, processes=1, threads=default_threads, reuse_memory=True):
         for r in rows:
