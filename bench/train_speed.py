@@ -92,12 +92,14 @@ def peak_rss_gb() -> float | None:
 class StepYardstick:
     """A training callback: the 2048^3 fp32 and bf16 matmul peaks in this process before the first step and after
     every step (outside the step's timing), so that each step has a yardstick measured seconds before and after
-    it in the same process. The machine's speed drifts over a row of minutes; this cancels the drift."""
+    it in the same process. The machine's speed drifts over a row of minutes; this cancels the drift. `seconds`
+    holds each step's time as the loop measured it."""
 
     SECONDS = 1.0  # per dtype and measurement
 
     def __init__(self):
         self.peaks: list[dict[str, float]] = []
+        self.seconds: list[float] = []
 
     def measure(self) -> None:
         from bench.model_speed import matmul_peak
@@ -108,13 +110,14 @@ class StepYardstick:
         self.measure()
 
     def on_step(self, step: int, metrics: dict) -> None:
+        self.seconds.append(metrics["seconds"])
         self.measure()
 
 
 def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, droptoken: bool,
               reuse_memory: bool = True, yardstick: StepYardstick | None = None) -> float:
     """Median clips/s of steps after `warmup`, in this process (or this rank, under torchrun); with `yardstick`,
-    its per-step matmul peaks are measured around each step, and `yardstick.seconds` holds the step times."""
+    matmul peaks are measured around each step."""
     from vatt.pretrain.config import load_config
     from vatt.pretrain.task import pretrain
 
@@ -122,8 +125,6 @@ def run_steps(preset: str, batch: int, steps: int, warmup: int, precision: str, 
         cfg = load_config(None, overrides(preset, batch, steps, precision, droptoken, out, reuse_memory))
         result = pretrain(cfg, train_dataset=RandomClips(preset, n=batch * steps),
                           callbacks=[yardstick] if yardstick else ())
-    if yardstick:
-        yardstick.seconds = [batch / r["clips_per_s"] for r in result.history]
     return statistics.median(r["clips_per_s"] for r in result.history[warmup:])
 
 

@@ -35,7 +35,7 @@ from vatt.data.manifest import list_media
 from vatt.index import store
 from vatt.index.ann import build_ann, remove_ann
 from vatt.index.windows import Segment, SegmentDataset, plan_segments
-from vatt.inference import evaluating, forward_windows
+from vatt.inference import evaluating, forward_windows, model_device
 from vatt.precision import resolve
 
 Progress = Callable[[int, int], None]
@@ -230,7 +230,7 @@ def build_index(model: nn.Module, inputs: Sequence[str | os.PathLike], index_dir
     rank, world = get_rank(), get_world_size()
     spec = input_spec(model, fps)
     # the arithmetic of the stored vectors, "auto" decided: an update must not mix fp32 and bf16 rows
-    proto = {**protocol(model, stride_s, fps), "precision": resolve(precision, next(model.parameters()).device)}
+    proto = {**protocol(model, stride_s, fps), "precision": resolve(precision, model_device(model))}
     model_info = {"path": os.path.abspath(model_path) if model_path else None,
                   "fingerprint": store.model_fingerprint(model), "kind": model.config.kind}
     entries = list_media(inputs, path_column=path_column, root=root, where=where)
